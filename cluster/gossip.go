@@ -1,0 +1,234 @@
+package cluster
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// MessageHandler receives one gossip user message. It must not block and
+// must not keep msg beyond the call unless it copies it.
+type MessageHandler func(msg []byte)
+
+// gossipConfig is what the gossip layer needs from the observer's config.
+type gossipConfig struct {
+	NodeID        string
+	Bind          string
+	Advertise     string
+	Key           []byte
+	Label         string
+	ProbeInterval time.Duration
+	Peers         []string // gossip addresses of the other observers
+}
+
+// Gossip is the observers' memberlist: who is alive, and the channel for
+// broadcasting small messages (health votes) to every observer.
+type Gossip struct {
+	ml     *memberlist.Memberlist
+	queue  *memberlist.TransmitLimitedQueue
+	log    *slog.Logger
+	peers  []string
+	stopCh chan struct{}
+	wg     sync.WaitGroup
+
+	mu      sync.RWMutex
+	handler MessageHandler
+
+	received, dropped prometheus.Counter
+}
+
+// gossipDelegate connects memberlist callbacks to Gossip.
+type gossipDelegate struct{ g *Gossip }
+
+func (d gossipDelegate) NodeMeta(int) []byte { return nil }
+
+func (d gossipDelegate) NotifyMsg(b []byte) {
+	d.g.mu.RLock()
+	h := d.g.handler
+	d.g.mu.RUnlock()
+	if h == nil {
+		d.g.dropped.Inc()
+		return
+	}
+	d.g.received.Inc()
+	// memberlist reuses b after we return: hand over a copy.
+	h(append([]byte(nil), b...))
+}
+
+func (d gossipDelegate) GetBroadcasts(overhead, limit int) [][]byte {
+	return d.g.queue.GetBroadcasts(overhead, limit)
+}
+func (d gossipDelegate) LocalState(bool) []byte              { return nil }
+func (d gossipDelegate) MergeRemoteState(buf []byte, _ bool) {}
+
+func splitHostPort(addr string) (string, int, error) {
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return "", 0, fmt.Errorf("port %q: %w", portStr, err)
+	}
+	return host, port, nil
+}
+
+func newGossip(cfg gossipConfig, log *slog.Logger, reg prometheus.Registerer) (*Gossip, error) {
+	g := &Gossip{
+		log:    log,
+		peers:  cfg.Peers,
+		stopCh: make(chan struct{}),
+		received: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vigil_gossip_messages_received_total",
+			Help: "Gossip user messages received from other observers.",
+		}),
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vigil_gossip_messages_unhandled_total",
+			Help: "Gossip user messages received before any handler was installed.",
+		}),
+	}
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = cfg.NodeID
+	host, port, err := splitHostPort(cfg.Bind)
+	if err != nil {
+		return nil, fmt.Errorf("gossip bind %q: %w", cfg.Bind, err)
+	}
+	mc.BindAddr, mc.BindPort = host, port
+	ahost, aport, err := splitHostPort(cfg.Advertise)
+	if err != nil {
+		return nil, fmt.Errorf("gossip advertise %q: %w", cfg.Advertise, err)
+	}
+	mc.AdvertiseAddr, mc.AdvertisePort = ahost, aport
+	mc.SecretKey = cfg.Key
+	mc.Label = cfg.Label
+	if cfg.ProbeInterval > 0 {
+		mc.ProbeInterval = cfg.ProbeInterval
+		mc.ProbeTimeout = cfg.ProbeInterval / 2
+	}
+	mc.Logger = newStdLog(log)
+	mc.Delegate = gossipDelegate{g: g}
+	g.queue = &memberlist.TransmitLimitedQueue{NumNodes: func() int { return g.ml.NumMembers() }, RetransmitMult: mc.RetransmitMult}
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("start gossip on %s: %w", cfg.Bind, err)
+	}
+	g.ml = ml
+	if err := reg.Register(g.received); err != nil {
+		_ = ml.Shutdown()
+		return nil, fmt.Errorf("register gossip metrics: %w", err)
+	}
+	if err := reg.Register(g.dropped); err != nil {
+		_ = ml.Shutdown()
+		return nil, fmt.Errorf("register gossip metrics: %w", err)
+	}
+	g.wg.Add(1)
+	go g.joinLoop()
+	return g, nil
+}
+
+// joinLoop (re)joins observers that are not alive in our member list: at
+// start the others may not be up yet, and after a long partition memberlist
+// stops gossiping to the dead on its own.
+func (g *Gossip) joinLoop() {
+	defer g.wg.Done()
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		if missing := g.missingPeers(); len(missing) > 0 {
+			if n, err := g.ml.Join(missing); err != nil && n == 0 {
+				g.log.Debug("gossip join: no peer answered yet", "peers", missing, "err", err)
+			}
+		}
+		select {
+		case <-g.stopCh:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (g *Gossip) missingPeers() []string {
+	alive := map[string]bool{}
+	for _, m := range g.ml.Members() {
+		if m.State == memberlist.StateAlive {
+			alive[m.Address()] = true
+		}
+	}
+	var missing []string
+	for _, p := range g.peers {
+		if !alive[p] {
+			missing = append(missing, p)
+		}
+	}
+	return missing
+}
+
+// SetHandler installs the receiver of gossip user messages.
+func (g *Gossip) SetHandler(h MessageHandler) {
+	g.mu.Lock()
+	g.handler = h
+	g.mu.Unlock()
+}
+
+// Broadcast queues msg for gossip to every observer. It must fit one UDP
+// packet (about 1400 bytes with memberlist's overhead).
+func (g *Gossip) Broadcast(msg []byte) {
+	g.queue.QueueBroadcast(simpleBroadcast(append([]byte(nil), msg...)))
+}
+
+// AliveMembers counts observers gossip sees alive, this one included.
+func (g *Gossip) AliveMembers() int {
+	n := 0
+	for _, m := range g.ml.Members() {
+		if m.State == memberlist.StateAlive {
+			n++
+		}
+	}
+	return n
+}
+
+// MemberStates maps observer id to its gossip state (alive, suspect, dead, left).
+func (g *Gossip) MemberStates() map[string]string {
+	out := map[string]string{}
+	for _, m := range g.ml.Members() {
+		out[m.Name] = memberStateName(m.State)
+	}
+	return out
+}
+
+func memberStateName(s memberlist.NodeStateType) string {
+	switch s {
+	case memberlist.StateAlive:
+		return "alive"
+	case memberlist.StateSuspect:
+		return "suspect"
+	case memberlist.StateDead:
+		return "dead"
+	case memberlist.StateLeft:
+		return "left"
+	default:
+		return "unknown"
+	}
+}
+
+// shutdown leaves the gossip cluster politely, then stops.
+func (g *Gossip) shutdown(timeout time.Duration) error {
+	close(g.stopCh)
+	g.wg.Wait()
+	if err := g.ml.Leave(timeout); err != nil {
+		g.log.Warn("gossip leave", "err", err)
+	}
+	return g.ml.Shutdown()
+}
+
+type simpleBroadcast []byte
+
+func (b simpleBroadcast) Invalidates(memberlist.Broadcast) bool { return false }
+func (b simpleBroadcast) Message() []byte                       { return b }
+func (b simpleBroadcast) Finished()                             {}

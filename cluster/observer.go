@@ -1,0 +1,310 @@
+// Package cluster runs one vigil observer: Raft (hashicorp/raft with
+// raft-boltdb/v2), gossip (hashicorp/memberlist), the leader loop, and the
+// gRPC admin and HTTP metrics servers. It is the only package that talks to
+// Raft and memberlist.
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc"
+
+	"github.com/vigilha/vigil/cluster/config"
+	"github.com/vigilha/vigil/fsm"
+)
+
+// Options are what New needs besides the config.
+type Options struct {
+	Config *config.Config
+	Logger *slog.Logger
+	// Registry receives the observer's metrics; nil means a new registry.
+	Registry *prometheus.Registry
+	// WrapStreamLayer, when set, wraps the Raft stream layer (tests use it
+	// to cut an observer off the network; TLS will wrap it too).
+	WrapStreamLayer func(raft.StreamLayer) raft.StreamLayer
+	// LeaderWork runs on the leader only, after the barrier and config sync,
+	// under a context cancelled the moment leadership is lost.
+	LeaderWork []func(ctx context.Context)
+	// Now is the clock for command timestamps; nil means time.Now.
+	Now func() time.Time
+}
+
+// Observer is one running vigil observer.
+type Observer struct {
+	cfg     *config.Config
+	log     *slog.Logger
+	now     func() time.Time
+	reg     *prometheus.Registry
+	metrics *metrics
+
+	fsm       *fsm.FSM
+	raft      *raft.Raft
+	store     *raftboltdb.BoltStore
+	transport *raft.NetworkTransport
+	gossip    *Gossip
+
+	grpcServer *grpc.Server
+	grpcLn     net.Listener
+	httpServer *http.Server
+	httpLn     net.Listener
+	peers      *peerClients
+
+	leaderWork []func(ctx context.Context)
+	notifyCh   chan bool
+	stopCh     chan struct{}
+	wg         sync.WaitGroup
+
+	shutdownOnce sync.Once
+	shutdownErr  error
+}
+
+// New starts an observer: it opens the Raft stores in the data directory,
+// bootstraps the static observer set on first start only, joins gossip and
+// starts serving. On error everything already opened is closed again.
+func New(opts Options) (o *Observer, err error) {
+	cfg := opts.Config
+	if cfg == nil {
+		return nil, errors.New("start observer: no config")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("start observer: invalid config: %w", err)
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	logger = logger.With("observer", cfg.NodeID)
+	reg := opts.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	o = &Observer{
+		cfg: cfg, log: logger, now: now, reg: reg,
+		metrics:    newMetrics(reg, cfg.NodeID),
+		fsm:        fsm.New(),
+		leaderWork: opts.LeaderWork,
+		notifyCh:   make(chan bool, 16),
+		stopCh:     make(chan struct{}),
+	}
+	// Undo what was started when a later step fails: nothing half-applied.
+	var closers []func()
+	defer func() {
+		if err != nil {
+			for i := len(closers) - 1; i >= 0; i-- {
+				closers[i]()
+			}
+		}
+	}()
+
+	if err := o.startRaft(opts.WrapStreamLayer); err != nil {
+		if o.store != nil {
+			_ = o.store.Close()
+		}
+		return nil, err
+	}
+	closers = append(closers, func() { _ = o.raft.Shutdown().Error(); _ = o.store.Close() })
+
+	key, err := cfg.GossipKey()
+	if err != nil {
+		return nil, fmt.Errorf("start observer: gossip key: %w", err)
+	}
+	var peers []string
+	for _, ob := range cfg.Observers {
+		if ob.ID != cfg.NodeID {
+			peers = append(peers, ob.Gossip)
+		}
+	}
+	o.gossip, err = newGossip(gossipConfig{
+		NodeID: cfg.NodeID, Bind: cfg.Gossip.Bind, Advertise: cfg.Gossip.Advertise,
+		Key: key, Label: cfg.Gossip.Label, ProbeInterval: cfg.Gossip.ProbeInterval.D(), Peers: peers,
+	}, logger.With("component", "gossip"), reg)
+	if err != nil {
+		return nil, fmt.Errorf("start observer: %w", err)
+	}
+	closers = append(closers, func() { _ = o.gossip.shutdown(time.Second) })
+	reg.MustRegister(newRaftCollector(o.raft, o.gossip.AliveMembers, o.fsm.AppliedIndex))
+
+	o.peers = newPeerClients()
+	closers = append(closers, o.peers.close)
+	if err := o.startGRPC(); err != nil {
+		return nil, err
+	}
+	closers = append(closers, func() { o.grpcServer.Stop() })
+	if err := o.startHTTP(); err != nil {
+		return nil, err
+	}
+
+	o.wg.Add(2)
+	go o.monitorLeadership()
+	go o.observeLeaders()
+	logger.Info("observer started",
+		"raft", cfg.Raft.Advertise, "gossip", cfg.Gossip.Advertise,
+		"grpc", o.grpcLn.Addr().String(), "http", o.httpLn.Addr().String(), "quorum", cfg.QuorumSize())
+	return o, nil
+}
+
+// startRaft opens the stores and starts Raft; it bootstraps the configured
+// observer set only when the data directory holds no Raft state yet.
+func (o *Observer) startRaft(wrap func(raft.StreamLayer) raft.StreamLayer) error {
+	cfg := o.cfg
+	dir := filepath.Join(cfg.DataDir, "raft")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create raft data directory %s: %w", dir, err)
+	}
+	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(dir, "raft.db")})
+	if err != nil {
+		return fmt.Errorf("open raft store %s: %w", filepath.Join(dir, "raft.db"), err)
+	}
+	o.store = store
+	hlog := newHCLog(o.log, "raft")
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 3, hlog)
+	if err != nil {
+		return fmt.Errorf("open raft snapshot store in %s: %w", dir, err)
+	}
+	layer, err := newTCPStreamLayer(cfg.Raft.Bind, cfg.Raft.Advertise)
+	if err != nil {
+		return fmt.Errorf("start raft transport: %w", err)
+	}
+	var stream raft.StreamLayer = layer
+	if wrap != nil {
+		stream = wrap(layer)
+	}
+	o.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream: stream, MaxPool: 3, Timeout: 5 * time.Second, Logger: hlog,
+	})
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.NodeID)
+	rc.HeartbeatTimeout = cfg.Raft.HeartbeatTimeout.D()
+	rc.ElectionTimeout = cfg.Raft.ElectionTimeout.D()
+	rc.LeaderLeaseTimeout = cfg.Raft.LeaderLeaseTimeout.D()
+	rc.CommitTimeout = cfg.Raft.CommitTimeout.D()
+	rc.SnapshotInterval = cfg.Raft.SnapshotInterval.D()
+	rc.SnapshotThreshold = cfg.Raft.SnapshotThreshold
+	rc.NotifyCh = o.notifyCh
+	rc.Logger = hlog
+	if err := raft.ValidateConfig(rc); err != nil {
+		_ = o.transport.Close()
+		return fmt.Errorf("raft settings: %w", err)
+	}
+
+	existing, err := raft.HasExistingState(store, store, snaps)
+	if err != nil {
+		_ = o.transport.Close()
+		return fmt.Errorf("read raft state in %s: %w", dir, err)
+	}
+	r, err := raft.NewRaft(rc, &raftFSM{f: o.fsm, m: o.metrics, log: o.log}, store, store, snaps, o.transport)
+	if err != nil {
+		_ = o.transport.Close()
+		return fmt.Errorf("start raft: %w", err)
+	}
+	o.raft = r
+	if !existing {
+		// Every observer bootstraps the same static set; identical
+		// configurations make this safe, and it only ever happens once.
+		var servers []raft.Server
+		for _, ob := range cfg.Observers {
+			servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(ob.ID), Address: raft.ServerAddress(ob.Raft)})
+		}
+		if err := r.BootstrapCluster(raft.Configuration{Servers: servers}).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+			_ = r.Shutdown().Error()
+			return fmt.Errorf("bootstrap raft cluster: %w", err)
+		}
+		o.log.Info("bootstrapped raft with the configured observers", "observers", len(servers))
+	} else {
+		o.log.Info("restarting from raft state on disk", "dir", dir)
+	}
+	return nil
+}
+
+// Shutdown stops the observer gracefully: it stops taking requests, stops
+// leader work, leaves gossip and shuts Raft down. Safe to call twice.
+func (o *Observer) Shutdown(ctx context.Context) error {
+	o.shutdownOnce.Do(func() {
+		o.log.Info("observer shutting down")
+		var errs []error
+		close(o.stopCh)
+		done := make(chan struct{})
+		go func() { o.grpcServer.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			o.grpcServer.Stop()
+		}
+		if err := o.httpServer.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("stop http server: %w", err))
+		}
+		o.peers.close()
+		if err := o.gossip.shutdown(time.Second); err != nil {
+			errs = append(errs, fmt.Errorf("stop gossip: %w", err))
+		}
+		if err := o.raft.Shutdown().Error(); err != nil {
+			errs = append(errs, fmt.Errorf("stop raft: %w", err))
+		}
+		// monitorLeadership ends with stopCh and cancels leader work.
+		o.wg.Wait()
+		if err := o.store.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close raft store: %w", err))
+		}
+		o.shutdownErr = errors.Join(errs...)
+		o.log.Info("observer stopped")
+	})
+	return o.shutdownErr
+}
+
+// ID is this observer's node id.
+func (o *Observer) ID() string { return o.cfg.NodeID }
+
+// FSM is the observer's replicated state (read-only use).
+func (o *Observer) FSM() *fsm.FSM { return o.fsm }
+
+// Gossip is the observer's gossip layer.
+func (o *Observer) Gossip() *Gossip { return o.gossip }
+
+// Registry holds the observer's metrics.
+func (o *Observer) Registry() *prometheus.Registry { return o.reg }
+
+// GRPCAddr is the address the admin API listens on.
+func (o *Observer) GRPCAddr() string { return o.grpcLn.Addr().String() }
+
+// HTTPAddr is the address /metrics and /health listen on.
+func (o *Observer) HTTPAddr() string { return o.httpLn.Addr().String() }
+
+// IsLeader reports whether this observer is the Raft leader right now.
+func (o *Observer) IsLeader() bool { return o.raft.State() == raft.Leader }
+
+// Leader returns the id and Raft address of the leader this observer
+// knows, empty when none.
+func (o *Observer) Leader() (id, addr string) {
+	a, i := o.raft.LeaderWithID()
+	return string(i), string(a)
+}
+
+// Snapshot forces a Raft snapshot now.
+func (o *Observer) Snapshot() error {
+	if err := o.raft.Snapshot().Error(); err != nil {
+		return fmt.Errorf("raft snapshot: %w", err)
+	}
+	return nil
+}
+
+// RaftStats exposes raft's own counters (term, indexes, state).
+func (o *Observer) RaftStats() map[string]string { return o.raft.Stats() }

@@ -1,0 +1,335 @@
+package pglab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// DefaultBinDir is where Debian's PostgreSQL 15 packages put the server
+// binaries. Override it with the VIGIL_PG_BINDIR environment variable.
+const DefaultBinDir = "/usr/lib/postgresql/15/bin"
+
+// OSUser is the account PostgreSQL runs as when the tests run as root
+// (postgres refuses to run as root).
+const OSUser = "postgres"
+
+// BinDir returns the directory holding initdb, postgres and pg_basebackup:
+// $VIGIL_PG_BINDIR if set, else DefaultBinDir.
+func BinDir() string {
+	if d := os.Getenv("VIGIL_PG_BINDIR"); d != "" {
+		return d
+	}
+	return DefaultBinDir
+}
+
+// Available reports why a lab cluster cannot run on this machine, or nil
+// if it can. Tests call it to skip with a clear message.
+func Available() error {
+	for _, b := range []string{"initdb", "postgres", "pg_basebackup"} {
+		p := filepath.Join(BinDir(), b)
+		st, err := os.Stat(p)
+		if err != nil {
+			return fmt.Errorf("pglab: PostgreSQL binary %s missing (set VIGIL_PG_BINDIR): %w", p, err)
+		}
+		if st.Mode()&0o111 == 0 {
+			return fmt.Errorf("pglab: %s is not executable", p)
+		}
+	}
+	if _, err := runAs(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// account is the OS identity the PostgreSQL processes run as.
+type account struct {
+	uid, gid uint32
+	// home replaces $HOME for children when switching users, so that
+	// libpq does not look for root's ~/.pgpass.
+	home string
+	// cred is nil when we already are that identity (not root).
+	cred *syscall.Credential
+}
+
+// runAs decides which identity PostgreSQL runs under: as root we switch
+// to the postgres user; as any other user PostgreSQL runs as ourselves.
+func runAs() (account, error) {
+	if os.Geteuid() != 0 {
+		return account{uid: uint32(os.Geteuid()), gid: uint32(os.Getegid())}, nil
+	}
+	u, err := user.Lookup(OSUser)
+	if err != nil {
+		return account{}, fmt.Errorf("pglab: running as root but OS user %q does not exist (postgres refuses to run as root): %w", OSUser, err)
+	}
+	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
+	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
+	if err1 != nil || err2 != nil {
+		return account{}, fmt.Errorf("pglab: OS user %q has non-numeric uid/gid %q/%q", OSUser, u.Uid, u.Gid)
+	}
+	if uid == 0 {
+		return account{}, fmt.Errorf("pglab: OS user %q is root; postgres refuses to run as root", OSUser)
+	}
+	return account{
+		uid:  uint32(uid),
+		gid:  uint32(gid),
+		home: u.HomeDir,
+		cred: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), NoSetGroups: true},
+	}, nil
+}
+
+// sysProcAttr puts the child into its own process group (so Stop/Kill
+// reach every backend), under the PostgreSQL account, and asks the kernel
+// to SIGKILL it if the test binary dies without running its cleanups.
+func (a account) sysProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{
+		Setpgid:    true,
+		Credential: a.cred,
+		Pdeathsig:  syscall.SIGKILL,
+	}
+}
+
+// chown gives path to the PostgreSQL account (no-op when not switching).
+func (a account) chown(path string) error {
+	if a.cred == nil {
+		return nil
+	}
+	return os.Chown(path, int(a.uid), int(a.gid))
+}
+
+// mkdir creates dir (mode 0700) owned by the PostgreSQL account.
+func (a account) mkdir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	return a.chown(dir)
+}
+
+// writeFile writes a file owned by the PostgreSQL account.
+func (a account) writeFile(path string, data []byte) error {
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		return err
+	}
+	return a.chown(path)
+}
+
+// ensureTraversable makes sure the PostgreSQL account can reach dir.
+// t.TempDir creates a 0700 root-owned parent; for ancestors strictly
+// inside os.TempDir() we add only the search bit for others (no listing).
+// Anything outside the temp dir is left alone and reported.
+func (a account) ensureTraversable(dir string) error {
+	if a.cred == nil {
+		return nil
+	}
+	tmp, err := filepath.Abs(os.TempDir())
+	if err != nil {
+		return err
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	for p := filepath.Dir(abs); ; p = filepath.Dir(p) {
+		st, err := os.Stat(p)
+		if err != nil {
+			return err
+		}
+		if !a.canSearch(st) {
+			inTmp := strings.HasPrefix(p, tmp+string(filepath.Separator))
+			if !inTmp {
+				return fmt.Errorf("pglab: OS user %s cannot traverse %s; use a base dir under %s", OSUser, p, tmp)
+			}
+			if err := os.Chmod(p, st.Mode().Perm()|0o001); err != nil {
+				return err
+			}
+		}
+		if p == filepath.Dir(p) {
+			return nil
+		}
+	}
+}
+
+func (a account) canSearch(st fs.FileInfo) bool {
+	perm := st.Mode().Perm()
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		if sys.Uid == a.uid {
+			return perm&0o100 != 0
+		}
+		if sys.Gid == a.gid {
+			return perm&0o010 != 0
+		}
+	}
+	return perm&0o001 != 0
+}
+
+// Command returns a command running a PostgreSQL binary (a name inside
+// BinDir, or a path) as the PostgreSQL account, in its own process group.
+// Cancelling ctx kills the whole group.
+func Command(ctx context.Context, bin string, args ...string) (*exec.Cmd, error) {
+	acct, err := runAs()
+	if err != nil {
+		return nil, err
+	}
+	return acct.command(ctx, bin, args...), nil
+}
+
+func (a account) command(ctx context.Context, bin string, args ...string) *exec.Cmd {
+	if !strings.ContainsRune(bin, filepath.Separator) {
+		bin = filepath.Join(BinDir(), bin)
+	}
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.SysProcAttr = a.sysProcAttr()
+	// The default Cancel kills only the direct child; kill the group.
+	cmd.Cancel = func() error { return killGroup(cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	cmd.Dir = "/"
+	cmd.Env = childEnv(a.home)
+	return cmd
+}
+
+// childEnv is our environment without PG* variables (a developer's
+// PGHOST or PGPORT must not redirect pg_basebackup) and with a C locale.
+func childEnv(home string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "PG") || strings.HasPrefix(kv, "LC_") || strings.HasPrefix(kv, "LANG=") ||
+			(home != "" && strings.HasPrefix(kv, "HOME=")) {
+			continue
+		}
+		env = append(env, kv)
+	}
+	if home != "" {
+		env = append(env, "HOME="+home)
+	}
+	return append(env, "LC_ALL=C", "LANG=C")
+}
+
+// run executes bin as the PostgreSQL account and returns its combined
+// output in the error when it fails.
+func (a account) run(ctx context.Context, bin string, args ...string) error {
+	cmd := a.command(ctx, bin, args...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("pglab: %s %s: %w\n%s", filepath.Base(bin), strings.Join(args, " "), err, tail(string(out), 30))
+	}
+	return nil
+}
+
+// killGroup signals the process group led by pid (started with Setpgid).
+func killGroup(pid int, sig syscall.Signal) error {
+	if pid <= 0 {
+		return errors.New("pglab: no process")
+	}
+	err := syscall.Kill(-pid, sig)
+	if errors.Is(err, syscall.ESRCH) {
+		return nil
+	}
+	return err
+}
+
+// signalPID signals one process; a process that is already gone is fine.
+func signalPID(pid int, sig syscall.Signal) error {
+	err := syscall.Kill(pid, sig)
+	if errors.Is(err, syscall.ESRCH) {
+		return nil
+	}
+	return err
+}
+
+// groupAlive reports whether a live (non-zombie) process of the group
+// led by pgid exists. Orphaned backends are re-parented to PID 1, which in
+// a container may never reap them; a zombie holds no resources, so it
+// does not count.
+func groupAlive(pgid int) bool {
+	if syscall.Kill(-pgid, 0) != nil {
+		return false
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return true // no /proc: trust kill(2)
+	}
+	for _, e := range ents {
+		if e.Name()[0] < '0' || e.Name()[0] > '9' {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue // exited meanwhile
+		}
+		// Fields after "(comm)": state ppid pgrp ...
+		i := strings.LastIndexByte(string(b), ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) >= 3 && f[2] == strconv.Itoa(pgid) && f[0] != "Z" && f[0] != "X" {
+			return true
+		}
+	}
+	return false
+}
+
+// waitGroupGone waits until no live process of the group remains.
+func waitGroupGone(pgid int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for groupAlive(pgid) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pglab: processes of group %d still alive after %v", pgid, timeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return nil
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// Another process may take it before we bind it; Start retries then.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// tail returns the last n lines of s.
+func tail(s string, n int) string {
+	s = strings.TrimRight(s, "\n")
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// fileTail returns the last n lines of the file at path (best effort).
+func fileTail(path string, n int) string { return fileTailFrom(path, 0, n) }
+
+// fileTailFrom returns the last n lines of the file at path, looking only
+// at bytes from offset from on (best effort).
+func fileTailFrom(path string, from int64, n int) string {
+	const maxRead = 64 << 10
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	off := max(st.Size()-maxRead, from, 0)
+	buf := make([]byte, st.Size()-off)
+	k, _ := f.ReadAt(buf, off)
+	return tail(string(buf[:k]), n)
+}

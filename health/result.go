@@ -1,0 +1,141 @@
+package health
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Verdict is one probe's opinion of a member.
+type Verdict int
+
+// Verdicts. The zero value is VerdictUnknown, which never counts as down.
+const (
+	VerdictUnknown Verdict = iota
+	VerdictUp
+	VerdictDown
+)
+
+// String returns "unknown", "up" or "down".
+func (v Verdict) String() string {
+	switch v {
+	case VerdictUnknown:
+		return "unknown"
+	case VerdictUp:
+		return "up"
+	case VerdictDown:
+		return "down"
+	}
+	return fmt.Sprintf("Verdict(%d)", int(v))
+}
+
+// Role is the role a member was seen in.
+type Role int
+
+// Roles. RoleUnknown is reported by probes that cannot tell (TCP).
+const (
+	RoleUnknown Role = iota
+	RolePrimary
+	RoleStandby
+)
+
+// String returns "unknown", "primary" or "standby".
+func (r Role) String() string {
+	switch r {
+	case RoleUnknown:
+		return "unknown"
+	case RolePrimary:
+		return "primary"
+	case RoleStandby:
+		return "standby"
+	}
+	return fmt.Sprintf("Role(%d)", int(r))
+}
+
+// ReplicaInfo is one row of pg_stat_replication on a primary. Columns the
+// probing user may not read (without pg_read_all_stats) are left zero.
+type ReplicaInfo struct {
+	ApplicationName string
+	ClientAddr      string
+	State           string // e.g. "streaming", "catchup"
+	SyncState       string // "async", "potential", "sync" or "quorum"
+	SentLSN         uint64
+	FlushLSN        uint64
+	ReplayLSN       uint64
+}
+
+// Result is the outcome of one probe.
+type Result struct {
+	Verdict Verdict
+	// Role is the role actually seen; a member in the other role than
+	// expected is still Up.
+	Role Role
+	// Err describes why the probe failed. It may also be set with
+	// VerdictUp when the member answered but optional details (WAL
+	// positions, replication rows) could not be read.
+	Err     string
+	ErrKind ErrorKind
+	// Latency is how long the probe took.
+	Latency time.Duration
+	// At is when the probe started: a verdict never looks fresher than
+	// the moment its observation began.
+	At time.Time
+
+	// PostgreSQL details; zero when not applicable.
+
+	// CurrentLSN is pg_current_wal_lsn() on a primary.
+	CurrentLSN uint64
+	// ReceiveLSN and ReplayLSN are pg_last_wal_receive_lsn() and
+	// pg_last_wal_replay_lsn() on a standby.
+	ReceiveLSN, ReplayLSN uint64
+	// LagBytes is ReceiveLSN-ReplayLSN on a standby (never negative).
+	LagBytes int64
+	// LagSeconds is the age of the last replayed transaction on a
+	// standby, 0 when it has replayed everything it received.
+	LagSeconds float64
+	// Timeline is the primary's current timeline (from its WAL file
+	// name) or, on a standby, the timeline it receives.
+	Timeline uint32
+	// Upstream is the host:port a standby streams from, "" if it is not
+	// streaming.
+	Upstream string
+	// Streaming is true when a standby's WAL receiver is streaming.
+	Streaming bool
+	// SyncStandbys are the application_names a primary considers
+	// synchronous (sync_state 'sync' or 'quorum').
+	SyncStandbys []string
+	// Replicas are a primary's pg_stat_replication rows.
+	Replicas []ReplicaInfo
+}
+
+// Prober checks one member. Probe must return promptly once ctx is done,
+// never panic on bad answers, and be safe for concurrent use.
+type Prober interface {
+	Probe(ctx context.Context) Result
+}
+
+// downResult builds the Result of a failed probe that began at start.
+// ctx is the probe's own context: when it expired, the failure is a
+// timeout whatever error the transport surfaced.
+func downResult(ctx context.Context, start time.Time, err error) Result {
+	kind := ClassifyError(err)
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		kind = KindTimeout
+	}
+	return Result{
+		Verdict: VerdictDown,
+		Err:     err.Error(),
+		ErrKind: kind,
+		Latency: time.Since(start),
+		At:      start,
+	}
+}
+
+// withTimeout bounds ctx by d when d > 0.
+func withTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if d <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d)
+}
