@@ -247,6 +247,13 @@ func forward[T any](ctx context.Context, o *Observer, call func(context.Context,
 		return zero, status.Errorf(st.Code(), "forwarded to leader %s at %s: %s", leaderID, ob.GRPC, st.Message())
 	}
 	o.metrics.forwarded.WithLabelValues("ok").Inc()
+	// Read-your-writes on this observer: answer once the write is applied
+	// here too, so the next read through this observer sees it.
+	if ix, ok := any(resp).(interface{ GetIndex() uint64 }); ok {
+		if err := o.raftFSM.waitApplied(cctx, ix.GetIndex()); err != nil {
+			o.log.Warn("forwarded write committed but not yet applied here", "err", err)
+		}
+	}
 	return resp, nil
 }
 

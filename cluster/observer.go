@@ -51,6 +51,7 @@ type Observer struct {
 	metrics *metrics
 
 	fsm       *fsm.FSM
+	raftFSM   *raftFSM
 	raft      *raft.Raft
 	store     *raftboltdb.BoltStore
 	transport *raft.NetworkTransport
@@ -211,7 +212,8 @@ func (o *Observer) startRaft(wrap func(raft.StreamLayer) raft.StreamLayer) error
 		_ = o.transport.Close()
 		return fmt.Errorf("read raft state in %s: %w", dir, err)
 	}
-	r, err := raft.NewRaft(rc, &raftFSM{f: o.fsm, m: o.metrics, log: o.log}, store, store, snaps, o.transport)
+	o.raftFSM = newRaftFSM(o.fsm, o.metrics, o.log)
+	r, err := raft.NewRaft(rc, o.raftFSM, store, store, snaps, o.transport)
 	if err != nil {
 		_ = o.transport.Close()
 		return fmt.Errorf("start raft: %w", err)

@@ -1,7 +1,10 @@
 package cluster
 
 import (
+	"context"
+	"fmt"
 	"io"
+	"sync"
 	"log/slog"
 
 	"github.com/hashicorp/raft"
@@ -14,6 +17,39 @@ type raftFSM struct {
 	f   *fsm.FSM
 	m   *metrics
 	log *slog.Logger
+
+	mu      sync.Mutex
+	applied chan struct{} // closed and replaced after every apply
+}
+
+func newRaftFSM(f *fsm.FSM, m *metrics, log *slog.Logger) *raftFSM {
+	return &raftFSM{f: f, m: m, log: log, applied: make(chan struct{})}
+}
+
+// signalApplied wakes everyone waiting for the applied index to move.
+func (r *raftFSM) signalApplied() {
+	r.mu.Lock()
+	close(r.applied)
+	r.applied = make(chan struct{})
+	r.mu.Unlock()
+}
+
+// waitApplied blocks until the state machine has applied index, so that a
+// read after a forwarded write sees that write on this observer too.
+func (r *raftFSM) waitApplied(ctx context.Context, index uint64) error {
+	for {
+		r.mu.Lock()
+		ch := r.applied
+		r.mu.Unlock()
+		if r.f.AppliedIndex() >= index {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for index %d to be applied locally: %w", index, ctx.Err())
+		}
+	}
 }
 
 var _ raft.FSM = (*raftFSM)(nil)
@@ -23,6 +59,7 @@ func (r *raftFSM) Apply(l *raft.Log) interface{} {
 		return nil
 	}
 	res := r.f.Apply(l.Index, l.Data)
+	defer r.signalApplied()
 	result := "ok"
 	if res.Err != nil {
 		// The proposer gets the error back as the apply response; a refused
@@ -46,6 +83,7 @@ func (r *raftFSM) Snapshot() (raft.FSMSnapshot, error) {
 
 func (r *raftFSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
+	defer r.signalApplied()
 	return r.f.Restore(rc)
 }
 

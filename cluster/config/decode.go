@@ -188,7 +188,16 @@ func (w *walker) walk(n *yaml.Node, path string, t reflect.Type) {
 			return
 		}
 		for i, item := range n.Content {
-			w.walk(item, fmt.Sprintf("%s[%d]", path, i), t.Elem())
+			ip := fmt.Sprintf("%s[%d]", path, i)
+			if item.ShortTag() == "!!null" {
+				// The decoder would drop this entry and shift the index
+				// of every later one; an empty mapping (all lists in the
+				// schema hold mappings) keeps its place.
+				w.add(ip, nil, "empty list entry")
+				*item = yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Line: item.Line, Column: item.Column}
+				continue
+			}
+			w.walk(item, ip, t.Elem())
 		}
 	default:
 		if n.Kind != yaml.ScalarNode {
@@ -313,11 +322,16 @@ func structFields(t reflect.Type) map[string]reflect.Type {
 // suggest proposes the closest known key for a misspelt one, or lists the
 // known keys if none is close.
 func suggest(key string, fields map[string]reflect.Type) string {
+	key = strings.ToLower(key)
 	best, bestDist := "", 3 // more than 2 edits is not a typo
 	names := make([]string, 0, len(fields))
 	for name := range fields {
 		names = append(names, name)
-		if d := editDistance(strings.ToLower(key), name); d < bestDist || d == bestDist && name < best {
+		d := editDistance(key, name)
+		if len(key) >= 3 && strings.HasPrefix(name, key) {
+			d = min(d, 1) // an abbreviation, e.g. "prio"
+		}
+		if d < bestDist || d == bestDist && name < best {
 			best, bestDist = name, d
 		}
 	}

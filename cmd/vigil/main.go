@@ -1,0 +1,178 @@
+// Command vigil is the vigil observer daemon. Three (or five) observers
+// elect a leader with Raft, share health votes by gossip and let only the
+// leader act on a quorum's verdict.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vigilha/vigil/cluster"
+	"github.com/vigilha/vigil/cluster/config"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	root := newRoot(stdout, stderr)
+	root.SetArgs(args)
+	if err := root.Execute(); err != nil {
+		fmt.Fprintf(stderr, "vigil: %v\n", err)
+		var ue usageError
+		if errors.As(err, &ue) {
+			return 2
+		}
+		return 1
+	}
+	return 0
+}
+
+type usageError struct{ error }
+
+func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "vigil",
+		Short: "vigil keeps a primary/standby service writable when its primary dies, without split-brain",
+		Long: `vigil runs as three (or five) observer processes. They elect a leader with
+Raft, probe every monitored server on their own, share their health votes by
+gossip, and only the Raft leader fails a group over, once a quorum of
+observers agrees that its primary is down.
+
+Start one observer per machine with "vigil observer --config FILE" and
+inspect the cluster with vigilctl.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.AddCommand(newObserverCmd(stderr), newConfigCmd(stdout), newKeygenCmd(stdout), newVersionCmd(stdout))
+	return root
+}
+
+func newObserverCmd(stderr io.Writer) *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "observer --config FILE",
+		Short: "Run one observer of the cluster",
+		Long: `Run one observer: Raft (state in data_dir), gossip, the gRPC admin API and
+the HTTP /metrics and /health endpoints, as given by the YAML config.
+
+On first start the observer bootstraps Raft with the static observer list
+of its config; on later starts it reuses the state in data_dir. SIGINT or
+SIGTERM shut it down gracefully. An invalid config starts nothing and
+prints every problem with the field and value at fault.`,
+		Example: "  vigil observer --config /etc/vigil/observer.yaml",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if path == "" {
+				return usageError{errors.New("observer: --config is required")}
+			}
+			cfg, err := config.Load(path)
+			if err != nil {
+				return err
+			}
+			logger := newLogger(stderr, cfg.Log)
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			obs, err := cluster.New(cluster.Options{Config: cfg, Logger: logger})
+			if err != nil {
+				return err
+			}
+			<-ctx.Done()
+			logger.Info("signal received, shutting down")
+			sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			return obs.Shutdown(sctx)
+		},
+	}
+	cmd.Flags().StringVarP(&path, "config", "c", "", "path to the observer's YAML config (required)")
+	return cmd
+}
+
+func newConfigCmd(stdout io.Writer) *cobra.Command {
+	cmd := &cobra.Command{Use: "config", Short: "Work with observer config files"}
+	var path string
+	check := &cobra.Command{
+		Use:     "check --config FILE",
+		Short:   "Validate a config file and report every problem",
+		Example: "  vigil config check --config /etc/vigil/observer.yaml",
+		Args:    cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			if path == "" {
+				return usageError{errors.New("config check: --config is required")}
+			}
+			cfg, err := config.Load(path)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "%s: valid (observer %s, %d observers, quorum %d, %d groups)\n",
+				path, cfg.NodeID, len(cfg.Observers), cfg.QuorumSize(), len(cfg.Groups))
+			return nil
+		},
+	}
+	check.Flags().StringVarP(&path, "config", "c", "", "path to the YAML config (required)")
+	cmd.AddCommand(check)
+	return cmd
+}
+
+func newKeygenCmd(stdout io.Writer) *cobra.Command {
+	return &cobra.Command{
+		Use:   "keygen",
+		Short: "Print a new random gossip encryption key (base64, 32 bytes)",
+		Long: `Print a new random 32-byte key for gossip.key (or the file named by
+gossip.key_file). All observers of one cluster must share it.`,
+		Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			k, err := config.GenerateGossipKey()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(stdout, k)
+			return nil
+		},
+	}
+}
+
+func newVersionCmd(stdout io.Writer) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		Run:   func(*cobra.Command, []string) { fmt.Fprintln(stdout, "vigil", version) },
+	}
+}
+
+// newLogger builds the process logger from the config's log section.
+func newLogger(w io.Writer, c config.Log) *slog.Logger {
+	var level slog.Level
+	switch c.Level {
+	case "debug":
+		level = slog.LevelDebug
+	case "warn":
+		level = slog.LevelWarn
+	case "error":
+		level = slog.LevelError
+	default:
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

@@ -1,0 +1,165 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	vigilv1 "github.com/vigilha/vigil/proto/vigil/v1"
+)
+
+// client calls the admin API of the first observer that answers.
+type client struct {
+	addrs   []string
+	timeout time.Duration
+}
+
+// newClient parses the global --addr and --timeout flags.
+func (a *app) newClient() (*client, error) {
+	addrs, err := parseAddrs(a.addrs)
+	if err != nil {
+		return nil, err
+	}
+	return &client{addrs: addrs, timeout: a.timeout}, nil
+}
+
+// parseAddrs splits a comma-separated list of host:port addresses.
+func parseAddrs(s string) ([]string, error) {
+	var addrs []string
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		host, port, err := net.SplitHostPort(f)
+		if err != nil || host == "" || port == "" {
+			return nil, usageErrorf("invalid --addr %q: want host:port", f)
+		}
+		addrs = append(addrs, f)
+	}
+	if len(addrs) == 0 {
+		return nil, usageErrorf("--addr: no observer address given")
+	}
+	return addrs, nil
+}
+
+// dialOptions are the options of every connection to an observer.
+func dialOptions() []grpc.DialOption {
+	// TODO(tls): mutual TLS once observers serve it.
+	return []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithUserAgent("vigilctl/" + version),
+	}
+}
+
+// attempt is one failed try against one address.
+type attempt struct {
+	addr string
+	err  error
+}
+
+// allFailedError reports that no address gave a final answer.
+type allFailedError struct {
+	attempts []attempt
+}
+
+func (e *allFailedError) Error() string {
+	if len(e.attempts) == 1 {
+		return e.attempts[0].addr + ": " + errMessage(e.attempts[0].err)
+	}
+	var b strings.Builder
+	b.WriteString("every address failed:")
+	for _, at := range e.attempts {
+		fmt.Fprintf(&b, "\n  %s: %s", at.addr, errMessage(at.err))
+	}
+	return b.String()
+}
+
+// invoke calls fn against each address in turn, each attempt with its own
+// deadline, and returns the first final answer. An address that cannot be
+// reached, does not answer in time, reports Unavailable (no leader) or does
+// not implement the call is skipped; any other error is the observer's
+// answer and is returned as is. Every admin call is safe to repeat: reads
+// trivially, and pausing a paused group (or resuming a running one)
+// changes nothing.
+func invoke[T any](ctx context.Context, c *client, fn func(context.Context, vigilv1.AdminClient) (T, error)) (T, error) {
+	var zero T
+	var failed []attempt
+	for _, addr := range c.addrs {
+		resp, err := try(ctx, addr, c.timeout, fn)
+		if err == nil {
+			return resp, nil
+		}
+		if ctx.Err() != nil {
+			return zero, fmt.Errorf("interrupted: %w", ctx.Err())
+		}
+		if !retryable(err) {
+			return zero, err
+		}
+		failed = append(failed, attempt{addr: addr, err: err})
+	}
+	return zero, &allFailedError{attempts: failed}
+}
+
+// try makes one call against addr with its own connection and deadline.
+func try[T any](ctx context.Context, addr string, timeout time.Duration, fn func(context.Context, vigilv1.AdminClient) (T, error)) (T, error) {
+	var zero T
+	conn, err := grpc.NewClient(addr, dialOptions()...)
+	if err != nil {
+		return zero, err
+	}
+	defer conn.Close()
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	resp, err := fn(cctx, vigilv1.NewAdminClient(conn))
+	if err != nil && status.Code(err) == codes.DeadlineExceeded && errors.Is(cctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
+		return zero, status.Errorf(codes.DeadlineExceeded, "no answer within %s: %s", timeout, status.Convert(err).Message())
+	}
+	return resp, err
+}
+
+// retryable reports whether err means "try the next observer".
+func retryable(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Unimplemented:
+		return true
+	}
+	return false
+}
+
+// errMessage is the message of a gRPC status error (without the code, which
+// the message already makes clear), or err's text. The boilerplate gRPC
+// wraps around dial errors is removed.
+func errMessage(err error) string {
+	if err == nil {
+		return ""
+	}
+	var ae *allFailedError
+	if errors.As(err, &ae) {
+		return ae.Error()
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return err.Error()
+	}
+	msg := st.Message()
+	if inner, ok := strings.CutPrefix(msg, `connection error: desc = "`); ok {
+		inner = strings.TrimSuffix(inner, `"`)
+		inner = strings.TrimPrefix(inner, "transport: ")
+		inner = strings.TrimPrefix(inner, "Error while dialing: ")
+		inner = strings.TrimPrefix(inner, "error while dialing: ")
+		msg = inner
+	}
+	if msg == "" {
+		msg = st.Code().String()
+	}
+	return msg
+}

@@ -1,0 +1,316 @@
+package main
+
+import (
+	"bytes"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	vigilv1 "github.com/vigilha/vigil/proto/vigil/v1"
+)
+
+var testNow = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+func ts(t time.Time) *timestamppb.Timestamp { return timestamppb.New(t) }
+
+// colSep splits a tabwriter line into cells: columns are padded with at
+// least three spaces, cells never contain more than one in a row.
+var colSep = regexp.MustCompile(` {3,}`)
+
+// rows returns the cells of every non-empty line of out.
+func rows(out string) [][]string {
+	var r [][]string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.TrimSpace(l) == "" {
+			continue
+		}
+		r = append(r, colSep.Split(strings.TrimRight(l, " "), -1))
+	}
+	return r
+}
+
+// rowStarting returns the cells of the first line whose first cell is first.
+func rowStarting(t *testing.T, out, first string) []string {
+	t.Helper()
+	for _, r := range rows(out) {
+		if r[0] == first {
+			return r
+		}
+	}
+	t.Fatalf("no row starting with %q in:\n%s", first, out)
+	return nil
+}
+
+func assertCells(t *testing.T, got []string, want ...string) {
+	t.Helper()
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("row\n got %q\nwant %q", got, want)
+	}
+}
+
+func testStatus() *vigilv1.StatusResponse {
+	return &vigilv1.StatusResponse{
+		AnsweredBy: "obs1", LeaderId: "obs2", LeaderRaftAddress: "10.0.0.2:7300",
+		Term: 3, LastLogIndex: 42, CommitIndex: 42, AppliedIndex: 41, Quorum: 2,
+		Observers: []*vigilv1.ObserverStatus{
+			{Id: "obs1", RaftAddress: "10.0.0.1:7300", GossipAddress: "10.0.0.1:7302", GrpcAddress: "10.0.0.1:7301",
+				RaftRole: "follower", Term: 3, LastLogIndex: 42, CommitIndex: 42, AppliedIndex: 41, LeaderId: "obs2",
+				GossipState: "alive", Reachable: true},
+			{Id: "obs2", RaftAddress: "10.0.0.2:7300", GossipAddress: "10.0.0.2:7302", GrpcAddress: "10.0.0.2:7301",
+				RaftRole: "leader", Term: 3, LastLogIndex: 42, CommitIndex: 42, AppliedIndex: 42, LeaderId: "obs2",
+				GossipState: "alive", Reachable: true},
+			{Id: "obs3", RaftAddress: "10.0.0.3:7300", GossipAddress: "10.0.0.3:7302", GrpcAddress: "10.0.0.3:7301",
+				RaftRole: "unknown", GossipState: "dead", Error: "connection refused"},
+		},
+	}
+}
+
+func TestPrintStatus(t *testing.T) {
+	var b bytes.Buffer
+	if err := printStatus(&b, testStatus()); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	first, _, _ := strings.Cut(out, "\n")
+	if want := "leader: obs2   term: 3   quorum: 2 of 3   answered by: obs1"; first != want {
+		t.Errorf("header %q, want %q", first, want)
+	}
+	assertCells(t, rowStarting(t, out, "OBSERVER"),
+		"OBSERVER", "RAFT ROLE", "TERM", "LAST INDEX", "APPLIED", "GOSSIP", "RAFT ADDR", "GRPC ADDR", "ERROR")
+	assertCells(t, rowStarting(t, out, "obs1"),
+		"obs1", "follower", "3", "42", "41", "alive", "10.0.0.1:7300", "10.0.0.1:7301", "-")
+	assertCells(t, rowStarting(t, out, "obs2"),
+		"obs2", "leader", "3", "42", "42", "alive", "10.0.0.2:7300", "10.0.0.2:7301", "-")
+	assertCells(t, rowStarting(t, out, "obs3"),
+		"obs3", "unknown", "-", "-", "-", "dead", "10.0.0.3:7300", "10.0.0.3:7301", "connection refused")
+}
+
+func TestPrintStatusNoErrorsNoLeader(t *testing.T) {
+	r := testStatus()
+	r.LeaderId = ""
+	r.Observers = r.Observers[:2]
+	var b bytes.Buffer
+	if err := printStatus(&b, r); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	if !strings.HasPrefix(out, "leader: none   term: 3   quorum: 2 of 2   answered by: obs1\n") {
+		t.Errorf("header:\n%s", out)
+	}
+	if strings.Contains(out, "ERROR") {
+		t.Errorf("ERROR column without errors:\n%s", out)
+	}
+	assertCells(t, rowStarting(t, out, "obs1"),
+		"obs1", "follower", "3", "42", "41", "alive", "10.0.0.1:7300", "10.0.0.1:7301")
+}
+
+func testGroup() *vigilv1.Group {
+	return &vigilv1.Group{
+		Spec: &vigilv1.GroupSpec{
+			Name: "pg-main", Kind: "postgres", InitialPrimary: "pg1",
+			Members: []*vigilv1.MemberSpec{
+				{Name: "pg1", Address: "10.1.0.1:5432", Priority: 100, Datacenter: "dc1"},
+				{Name: "pg2", Address: "10.1.0.2:5432", Priority: 50, Datacenter: "dc2"},
+				{Name: "pg3", Address: "10.1.0.3:5432", Priority: 0},
+			},
+			DownAfterMs: 10_000, MaxLagBytes: 16 << 20, CooldownMs: 300_000,
+			ProbeType: "tcp", ProbeIntervalMs: 1000, ProbeTimeoutMs: 500,
+		},
+		Primary: "pg2", Epoch: 4,
+		Paused: true, PausedReason: "kernel\tupgrade", PausedAt: ts(testNow.Add(-3 * time.Minute)),
+		CreatedAt:      ts(testNow.Add(-72 * time.Hour)),
+		UpdatedAt:      ts(testNow.Add(-3*time.Minute - 20*time.Second)),
+		LastFailoverAt: ts(testNow.Add(-5 * time.Hour)),
+		History: []*vigilv1.Event{
+			{Index: 3, At: ts(testNow.Add(-72 * time.Hour)), Kind: "group_created", Detail: "primary pg1, 3 members", Actor: "config"},
+			{Index: 17, At: ts(testNow.Add(-5 * time.Hour)), Kind: "failover", Detail: "pg1 down", Epoch: 4, Actor: "controller"},
+			{Index: 23, At: ts(testNow.Add(-3 * time.Minute)), Kind: "paused", Detail: "", Epoch: 4, Actor: "admin-api"},
+		},
+	}
+}
+
+func TestPrintGroups(t *testing.T) {
+	other := &vigilv1.Group{
+		Spec:    &vigilv1.GroupSpec{Name: "redis-a", Kind: "redis", Members: []*vigilv1.MemberSpec{{Name: "r1"}, {Name: "r2"}}},
+		Primary: "r1", UpdatedAt: ts(testNow.Add(-45 * time.Second)),
+	}
+	var b bytes.Buffer
+	err := printGroups(&b, &vigilv1.ListGroupsResponse{Groups: []*vigilv1.Group{testGroup(), other}, AppliedIndex: 23}, testNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	assertCells(t, rowStarting(t, out, "GROUP"), "GROUP", "KIND", "PRIMARY", "EPOCH", "MEMBERS", "PAUSED", "UPDATED")
+	assertCells(t, rowStarting(t, out, "pg-main"), "pg-main", "postgres", "pg2", "4", "pg1,pg2,pg3", "yes", "3m ago")
+	assertCells(t, rowStarting(t, out, "redis-a"), "redis-a", "redis", "r1", "0", "r1,r2", "no", "45s ago")
+
+	b.Reset()
+	if err := printGroups(&b, &vigilv1.ListGroupsResponse{}, testNow); err != nil {
+		t.Fatal(err)
+	}
+	if b.String() != "no groups\n" {
+		t.Errorf("empty list: %q", b.String())
+	}
+}
+
+func TestPrintGroup(t *testing.T) {
+	var b bytes.Buffer
+	if err := printGroup(&b, &vigilv1.GetGroupResponse{Group: testGroup(), AppliedIndex: 23}, testNow); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range [][]string{
+		{"group:", "pg-main"},
+		{"kind:", "postgres"},
+		{"primary:", "pg2"},
+		{"epoch:", "4"},
+		{"paused:", "yes"},
+		{"pause reason:", "kernel upgrade"}, // the tab cannot break the layout
+		{"paused since:", "2026-03-01T11:57:00Z (3m ago)"},
+		{"down after:", "10s"},
+		{"max lag:", "16777216 bytes (16 MiB)"},
+		{"cooldown:", "5m0s"},
+		{"probe:", "tcp"},
+		{"probe interval:", "1s"},
+		{"probe timeout:", "500ms"},
+		{"created:", "2026-02-26T12:00:00Z (3d ago)"},
+		{"last failover:", "2026-03-01T07:00:00Z (5h ago)"},
+		{"applied index:", "23"},
+		{"NAME", "ADDRESS", "PRIORITY", "DATACENTER", "ROLE"},
+		{"pg1", "10.1.0.1:5432", "100", "dc1", "standby"},
+		{"pg2", "10.1.0.2:5432", "50", "dc2", "primary"},
+		{"pg3", "10.1.0.3:5432", "0", "-", "standby"},
+		{"AT", "INDEX", "EPOCH", "KIND", "ACTOR", "DETAIL"},
+		{"2026-02-26T12:00:00Z", "3", "0", "group_created", "config", "primary pg1, 3 members"},
+		{"2026-03-01T07:00:00Z", "17", "4", "failover", "controller", "pg1 down"},
+		{"2026-03-01T11:57:00Z", "23", "4", "paused", "admin-api", "-"},
+	} {
+		assertCells(t, rowStarting(t, out, want[0]), want...)
+	}
+	if !strings.Contains(out, "\nhistory (newest last)\n") {
+		t.Errorf("no history title:\n%s", out)
+	}
+	// History rows keep their order, newest last.
+	if i, j := strings.Index(out, "group_created"), strings.Index(out, "admin-api"); i < 0 || j < i {
+		t.Errorf("history out of order:\n%s", out)
+	}
+
+	// A running group shows neither reason nor since.
+	g := testGroup()
+	g.Paused, g.PausedReason, g.PausedAt, g.History = false, "", nil, nil
+	b.Reset()
+	if err := printGroup(&b, &vigilv1.GetGroupResponse{Group: g}, testNow); err != nil {
+		t.Fatal(err)
+	}
+	out = b.String()
+	assertCells(t, rowStarting(t, out, "paused:"), "paused:", "no")
+	if strings.Contains(out, "pause reason") || strings.Contains(out, "paused since") {
+		t.Errorf("running group shows pause details:\n%s", out)
+	}
+	if !strings.Contains(out, "history: none") {
+		t.Errorf("empty history not stated:\n%s", out)
+	}
+}
+
+func TestPrintPauseResume(t *testing.T) {
+	var b bytes.Buffer
+	g := testGroup()
+	g.PausedReason = "kernel upgrade"
+	if err := printPaused(&b, &vigilv1.PauseGroupResponse{Group: g, Index: 23}, testNow); err != nil {
+		t.Fatal(err)
+	}
+	if want := "pg-main paused at index 23 (reason: kernel upgrade)\n"; b.String() != want {
+		t.Errorf("got %q, want %q", b.String(), want)
+	}
+
+	// Committed at an index that recorded no event: it was paused before.
+	b.Reset()
+	if err := printPaused(&b, &vigilv1.PauseGroupResponse{Group: g, Index: 30}, testNow); err != nil {
+		t.Fatal(err)
+	}
+	if want := "pg-main paused at index 30 (reason: kernel upgrade); it was already paused since 2026-03-01T11:57:00Z (3m ago), nothing changed\n"; b.String() != want {
+		t.Errorf("got %q, want %q", b.String(), want)
+	}
+
+	g = testGroup()
+	g.Paused, g.PausedReason, g.PausedAt = false, "", nil
+	g.History = append(g.History, &vigilv1.Event{Index: 31, Kind: "resumed"})
+	b.Reset()
+	if err := printResumed(&b, &vigilv1.ResumeGroupResponse{Group: g, Index: 31}); err != nil {
+		t.Fatal(err)
+	}
+	if want := "pg-main resumed at index 31\n"; b.String() != want {
+		t.Errorf("got %q, want %q", b.String(), want)
+	}
+}
+
+func TestPrintJSONRoundTrip(t *testing.T) {
+	for _, m := range []proto.Message{
+		testStatus(),
+		&vigilv1.ListGroupsResponse{Groups: []*vigilv1.Group{testGroup()}, AppliedIndex: 23},
+		&vigilv1.GetGroupResponse{Group: testGroup(), AppliedIndex: 23},
+		&vigilv1.PauseGroupResponse{Group: testGroup(), Index: 23},
+	} {
+		var b bytes.Buffer
+		if err := printJSON(&b, m); err != nil {
+			t.Fatal(err)
+		}
+		got := m.ProtoReflect().New().Interface()
+		if err := protojson.Unmarshal(b.Bytes(), got); err != nil {
+			t.Fatalf("%T: %v\n%s", m, err, b.String())
+		}
+		if !proto.Equal(got, m) {
+			t.Errorf("%T: round trip differs:\n%s", m, b.String())
+		}
+	}
+	// Proto field names, unpopulated fields left out.
+	var b bytes.Buffer
+	if err := printJSON(&b, &vigilv1.StatusResponse{AnsweredBy: "obs1"}); err != nil {
+		t.Fatal(err)
+	}
+	if s := b.String(); !strings.Contains(s, `"answered_by"`) || strings.Contains(s, "leader_id") || !strings.HasSuffix(s, "}\n") {
+		t.Errorf("json: %s", s)
+	}
+}
+
+func TestAge(t *testing.T) {
+	for _, c := range []struct {
+		d    time.Duration
+		want string
+	}{
+		{0, "0s ago"},
+		{59 * time.Second, "59s ago"},
+		{3*time.Minute + 59*time.Second, "3m ago"},
+		{5 * time.Hour, "5h ago"},
+		{47 * time.Hour, "47h ago"},
+		{72 * time.Hour, "3d ago"},
+		{-3 * time.Second, "in 3s"},
+	} {
+		if got := age(testNow, ts(testNow.Add(-c.d))); got != c.want {
+			t.Errorf("age(%s) = %q, want %q", c.d, got, c.want)
+		}
+	}
+	if got := age(testNow, nil); got != "-" {
+		t.Errorf("age(nil) = %q", got)
+	}
+}
+
+func TestBytesize(t *testing.T) {
+	for n, want := range map[int64]string{
+		0:             "0 bytes",
+		1023:          "1023 bytes",
+		1536:          "1536 bytes (1.5 KiB)",
+		16 << 20:      "16777216 bytes (16 MiB)",
+		5 << 30:       "5368709120 bytes (5 GiB)",
+		1<<40 + 1<<39: "1649267441664 bytes (1.5 TiB)",
+	} {
+		if got := bytesize(n); got != want {
+			t.Errorf("bytesize(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
