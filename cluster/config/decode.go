@@ -37,11 +37,10 @@ func parse(data []byte, dir string) (*Config, error) {
 		dec := yaml.NewDecoder(bytes.NewReader(data))
 		dec.KnownFields(true)
 		if err := dec.Decode(c); err != nil {
-			// The walker should have caught this; never let it pass.
-			return nil, err
+			panic("WALKER GAP: " + err.Error())
 		}
 	} else if err := root.Decode(c); err != nil {
-		return nil, errors.Join(append(w.errs, err)...)
+		panic("REPAIR GAP: " + err.Error())
 	}
 
 	c.resolvePaths(dir)
