@@ -4,8 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"sync"
 	"log/slog"
+	"sync"
 
 	"github.com/hashicorp/raft"
 

@@ -24,14 +24,21 @@ type Config struct {
 	DataDir string `yaml:"data_dir"`
 	// Quorum overrides the number of observers that must agree; 0 means a
 	// majority of Observers. Use QuorumSize to read the effective value.
-	Quorum    int        `yaml:"quorum,omitempty"`
-	Log       Log        `yaml:"log"`
-	Raft      Raft       `yaml:"raft"`
-	Gossip    Gossip     `yaml:"gossip"`
-	GRPC      GRPC       `yaml:"grpc"`
-	HTTP      HTTP       `yaml:"http"`
+	Quorum int `yaml:"quorum,omitempty"`
+	// Log configures logging.
+	Log Log `yaml:"log"`
+	// Raft configures the consensus layer.
+	Raft Raft `yaml:"raft"`
+	// Gossip configures membership and failure detection between observers.
+	Gossip Gossip `yaml:"gossip"`
+	// GRPC configures the admin API.
+	GRPC GRPC `yaml:"grpc"`
+	// HTTP configures the metrics and health endpoint.
+	HTTP HTTP `yaml:"http"`
+	// Observers is the static observer set, identical on all observers.
 	Observers []Observer `yaml:"observers"`
-	Groups    []Group    `yaml:"groups,omitempty"`
+	// Groups are the replicated services to monitor.
+	Groups []Group `yaml:"groups,omitempty"`
 }
 
 // Log configures the process logger.
@@ -47,12 +54,21 @@ type Raft struct {
 	// Bind is the host:port the Raft transport listens on.
 	Bind string `yaml:"bind"`
 	// Advertise is the IP:port other observers dial; defaults to Bind.
-	Advertise          string   `yaml:"advertise"`
-	HeartbeatTimeout   Duration `yaml:"heartbeat_timeout"`
-	ElectionTimeout    Duration `yaml:"election_timeout"`
+	Advertise string `yaml:"advertise"`
+	// HeartbeatTimeout is how long a follower waits for the leader before
+	// starting an election.
+	HeartbeatTimeout Duration `yaml:"heartbeat_timeout"`
+	// ElectionTimeout is how long a candidate waits for votes; it must be
+	// at least HeartbeatTimeout.
+	ElectionTimeout Duration `yaml:"election_timeout"`
+	// LeaderLeaseTimeout is how long a leader stays leader without
+	// reaching a quorum; at most HeartbeatTimeout.
 	LeaderLeaseTimeout Duration `yaml:"leader_lease_timeout"`
-	CommitTimeout      Duration `yaml:"commit_timeout"`
-	SnapshotInterval   Duration `yaml:"snapshot_interval"`
+	// CommitTimeout bounds how long log entries are batched before being
+	// sent.
+	CommitTimeout Duration `yaml:"commit_timeout"`
+	// SnapshotInterval is how often Raft checks whether to snapshot.
+	SnapshotInterval Duration `yaml:"snapshot_interval"`
 	// SnapshotThreshold is how many log entries trigger a snapshot.
 	SnapshotThreshold uint64 `yaml:"snapshot_threshold"`
 	// ApplyTimeout bounds how long a write waits to be committed.
@@ -73,7 +89,8 @@ type Gossip struct {
 	KeyFile string `yaml:"key_file,omitempty"`
 	// Label is the memberlist cluster label; nodes with different labels
 	// never merge, which keeps two vigil clusters on one network apart.
-	Label         string   `yaml:"label"`
+	Label string `yaml:"label"`
+	// ProbeInterval is the memberlist failure-detector probe interval.
 	ProbeInterval Duration `yaml:"probe_interval"`
 
 	// keyFile caches the content of KeyFile read at load time, so that the
@@ -102,6 +119,7 @@ type HTTP struct {
 // Observer is one entry of the static observer set, which must be
 // identical on every observer.
 type Observer struct {
+	// ID is the observer's node id (its Raft server id).
 	ID string `yaml:"id"`
 	// Raft is the advertised Raft IP:port of the observer.
 	Raft string `yaml:"raft"`
@@ -113,19 +131,25 @@ type Observer struct {
 
 // Group kinds.
 const (
+	// KindPostgres is a PostgreSQL primary with streaming replicas.
 	KindPostgres = "postgres"
-	KindGeneric  = "generic"
+	// KindGeneric is any other primary/standby service.
+	KindGeneric = "generic"
 )
 
 // Probe types.
 const (
-	ProbeTCP      = "tcp"
-	ProbeHTTP     = "http"
+	// ProbeTCP checks that the member accepts TCP connections.
+	ProbeTCP = "tcp"
+	// ProbeHTTP checks the status code of an HTTP request.
+	ProbeHTTP = "http"
+	// ProbePostgres connects to PostgreSQL with the PostgresProbe settings.
 	ProbePostgres = "postgres"
 )
 
 // Group is a replicated service: one primary and its standbys.
 type Group struct {
+	// Name identifies the group; unique.
 	Name string `yaml:"name"`
 	// Kind is postgres or generic.
 	Kind string `yaml:"kind"`
@@ -140,15 +164,19 @@ type Group struct {
 	// Cooldown is the minimum time between two failovers of the group.
 	Cooldown Duration `yaml:"cooldown"`
 	// StaleAfter is how old an observer's vote may be and still count.
+	// Zero in the file means 3*Probe.Interval + Probe.Timeout.
 	StaleAfter Duration `yaml:"stale_after"`
-	Probe      Probe    `yaml:"probe"`
-	Members    []Member `yaml:"members"`
+	// Probe says how members are health-checked.
+	Probe Probe `yaml:"probe"`
+	// Members are the instances of the group, at least two.
+	Members []Member `yaml:"members"`
 }
 
 // Probe describes how observers check a member's health.
 type Probe struct {
 	// Type is tcp, http or postgres.
-	Type     string   `yaml:"type"`
+	Type string `yaml:"type"`
+	// Interval is the time between two probes of a member.
 	Interval Duration `yaml:"interval"`
 	// Timeout bounds one probe; zero in the file means 80% of Interval.
 	Timeout Duration `yaml:"timeout"`
@@ -164,7 +192,8 @@ type HTTPProbe struct {
 	// Scheme is http or https.
 	Scheme string `yaml:"scheme"`
 	// Port is the port probed on the member's host.
-	Port int    `yaml:"port"`
+	Port int `yaml:"port"`
+	// Path is the request path; it starts with "/".
 	Path string `yaml:"path"`
 	// ExpectStatus is the status code that means healthy.
 	ExpectStatus int `yaml:"expect_status"`
@@ -172,7 +201,9 @@ type HTTPProbe struct {
 
 // PostgresProbe is the configuration of a postgres probe.
 type PostgresProbe struct {
-	User     string `yaml:"user"`
+	// User is the role the probe connects as.
+	User string `yaml:"user"`
+	// Database is the database the probe connects to.
 	Database string `yaml:"database"`
 	// PasswordFile is optional; Load resolves a relative path against the
 	// config file's directory. It is read by the probe, not here, so that
@@ -184,6 +215,7 @@ type PostgresProbe struct {
 
 // Member is one database (or service) instance of a group.
 type Member struct {
+	// Name identifies the member within its group.
 	Name string `yaml:"name"`
 	// Address is the host:port probes connect to.
 	Address string `yaml:"address"`

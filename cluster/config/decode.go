@@ -18,9 +18,10 @@ import (
 // yaml.v3 reports decode problems as strings carrying only a line number,
 // and drops a list element whose decoding failed, which would shift the
 // indexes in every later error. So the document is first parsed into a
-// node tree and checked against the Config schema by a walker, which
-// reports each problem as a FieldError with its path and value and blanks
-// the offending node. A clean document is then decoded strictly
+// node tree, with aliases expanded into copies so that every node has
+// exactly one path, and checked against the Config schema by a walker,
+// which reports each problem as a FieldError with its path and value and
+// repairs the tree. A clean document is then decoded strictly
 // (KnownFields) from the bytes; a document with problems is decoded from
 // the repaired tree only so that the rest of it can still be validated,
 // and all problems are reported together.
@@ -29,7 +30,7 @@ func parse(data []byte, dir string) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := walker{visited: map[*yaml.Node]bool{}}
+	var w walker
 	w.walk(root, "", reflect.TypeFor[Config]())
 
 	c := newConfig()
@@ -37,10 +38,11 @@ func parse(data []byte, dir string) (*Config, error) {
 		dec := yaml.NewDecoder(bytes.NewReader(data))
 		dec.KnownFields(true)
 		if err := dec.Decode(c); err != nil {
-			panic("WALKER GAP: " + err.Error())
+			// The walker should have caught this; never let it pass.
+			return nil, err
 		}
 	} else if err := root.Decode(c); err != nil {
-		panic("REPAIR GAP: " + err.Error())
+		return nil, errors.Join(append(w.errs, err)...)
 	}
 
 	c.resolvePaths(dir)
@@ -49,7 +51,7 @@ func parse(data []byte, dir string) (*Config, error) {
 	errs := w.errs
 	if err := c.Validate(); err != nil {
 		for _, e := range err.(interface{ Unwrap() []error }).Unwrap() {
-			// A blanked field holds its default or zero value now;
+			// A repaired field holds its default or zero value now;
 			// complaints about that value would mislead.
 			if fe, ok := e.(*FieldError); ok && w.covers(fe.Field) {
 				continue
@@ -94,7 +96,43 @@ func parseDocument(data []byte) (*yaml.Node, error) {
 	if root.Kind != yaml.MappingNode {
 		return nil, fmt.Errorf("line %d: the configuration must be a mapping of settings (key: value), not %s", root.Line, describeNode(root))
 	}
-	return root, nil
+	budget := maxNodes
+	return expand(root, &budget, map[*yaml.Node]bool{})
+}
+
+// maxNodes bounds the size of a document after alias expansion. Real
+// configs have hundreds of nodes; the bound stops "billion laughs" alias
+// bombs from exhausting memory.
+const maxNodes = 100_000
+
+// expand returns a deep copy of n with every alias replaced by a copy of
+// its target. open holds the nodes being copied, to detect an alias
+// inside its own anchor.
+func expand(n *yaml.Node, budget *int, open map[*yaml.Node]bool) (*yaml.Node, error) {
+	if *budget--; *budget < 0 {
+		return nil, fmt.Errorf("document too large after expanding aliases (more than %d nodes)", maxNodes)
+	}
+	if n.Kind == yaml.AliasNode {
+		switch {
+		case n.Alias == nil:
+			return nil, fmt.Errorf("line %d: unknown anchor %q", n.Line, n.Value)
+		case open[n.Alias]:
+			return nil, fmt.Errorf("line %d: alias *%s refers to its own anchor", n.Line, n.Value)
+		}
+		return expand(n.Alias, budget, open)
+	}
+	open[n] = true
+	defer delete(open, n)
+	cp := *n
+	cp.Content = make([]*yaml.Node, len(n.Content))
+	for i, child := range n.Content {
+		c, err := expand(child, budget, open)
+		if err != nil {
+			return nil, err
+		}
+		cp.Content[i] = c
+	}
+	return &cp, nil
 }
 
 // walker checks a node tree against a Go type the way yaml.v3's strict
@@ -105,9 +143,6 @@ type walker struct {
 	// bad holds the paths that have a problem, to suppress follow-up
 	// validation errors on the same fields.
 	bad []string
-	// visited marks alias targets already checked, so that aliases (even
-	// an exponential "billion laughs" tree of them) cost linear time.
-	visited map[*yaml.Node]bool
 }
 
 var (
@@ -135,21 +170,8 @@ func (w *walker) covers(field string) bool {
 	return false
 }
 
-// follow resolves an alias, returning nil if its target was already
-// checked (or is missing).
-func (w *walker) follow(n *yaml.Node) *yaml.Node {
-	for n != nil && n.Kind == yaml.AliasNode {
-		if n.Alias == nil || w.visited[n.Alias] {
-			return nil
-		}
-		w.visited[n.Alias] = true
-		n = n.Alias
-	}
-	return n
-}
-
 func (w *walker) walk(n *yaml.Node, path string, t reflect.Type) {
-	if n = w.follow(n); n == nil || n.ShortTag() == "!!null" {
+	if n.ShortTag() == "!!null" {
 		// null leaves the default in place, as the decoder does.
 		return
 	}
@@ -224,7 +246,10 @@ func (w *walker) mapping(n *yaml.Node, path string, t reflect.Type, seen map[str
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, val := n.Content[i], n.Content[i+1]
 		if isMergeKey(k) {
-			if w.mergeOK(val, path) {
+			// yaml.v3 honours only the last "<<" of a mapping.
+			if len(merges) > 0 {
+				w.add(path, nil, "line %d: more than one << merge key; use a list: <<: [*a, *b]", k.Line)
+			} else if w.mergeOK(val, path) {
 				kept = append(kept, k, val)
 				merges = append(merges, val)
 			}
@@ -240,8 +265,8 @@ func (w *walker) mapping(n *yaml.Node, path string, t reflect.Type, seen map[str
 		}
 		if prev, dup := seen[k.Value]; dup {
 			if merged {
-				// Overridden here, but the anchored mapping may be used
-				// as is elsewhere: keep the pair.
+				// Overridden by an explicit key (or an earlier merge),
+				// which the decoder respects too.
 				kept = append(kept, k, val)
 			} else {
 				w.add(kp, nil, "set twice (lines %d and %d)", prev.Line, k.Line)
@@ -266,27 +291,21 @@ func (w *walker) mapping(n *yaml.Node, path string, t reflect.Type, seen map[str
 			targets = m.Content
 		}
 		for _, tn := range targets {
-			if tn = w.follow(tn); tn != nil {
-				w.mapping(tn, path, t, seen, true)
-			}
+			w.mapping(tn, path, t, seen, true)
 		}
 	}
 }
 
-// mergeOK checks the value of a "<<" key, which must be an alias of a
-// mapping or a list of such aliases.
+// mergeOK checks the value of a "<<" key, which must be a mapping or a
+// list of mappings (aliases are already expanded).
 func (w *walker) mergeOK(val *yaml.Node, path string) bool {
 	targets := []*yaml.Node{val}
 	if val.Kind == yaml.SequenceNode {
 		targets = val.Content
 	}
 	for _, tn := range targets {
-		target := tn
-		if tn.Kind == yaml.AliasNode {
-			target = tn.Alias
-		}
-		if target == nil || target.Kind != yaml.MappingNode || val.Kind == yaml.SequenceNode && tn.Kind != yaml.AliasNode {
-			w.add(path, nil, "line %d: a << merge needs an alias of a mapping or a list of them", tn.Line)
+		if tn.Kind != yaml.MappingNode {
+			w.add(path, nil, "line %d: a << merge needs a mapping or a list of mappings, got %s", tn.Line, describeNode(tn))
 			return false
 		}
 	}
