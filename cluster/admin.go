@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/vigilha/vigil/fsm"
 	vigilv1 "github.com/vigilha/vigil/proto/vigil/v1"
@@ -149,7 +150,39 @@ func (s *adminServer) GetGroup(ctx context.Context, req *vigilv1.GetGroupRequest
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "group %q not found", req.GetName())
 	}
-	return &vigilv1.GetGroupResponse{Group: g, AppliedIndex: s.o.fsm.AppliedIndex()}, nil
+	return &vigilv1.GetGroupResponse{Group: g, AppliedIndex: s.o.fsm.AppliedIndex(), Health: s.o.monitor.Health(req.GetName())}, nil
+}
+
+// Watch streams this observer's health changes: first the current state of
+// every member (of the group), then every change, until the client goes.
+func (s *adminServer) Watch(req *vigilv1.WatchRequest, stream vigilv1.Admin_WatchServer) error {
+	if req.GetGroup() != "" {
+		if err := checkGroupName("group", req.GetGroup()); err != nil {
+			return err
+		}
+		if _, ok := s.o.fsm.Group(req.GetGroup()); !ok {
+			return status.Errorf(codes.NotFound, "group %q not found", req.GetGroup())
+		}
+	}
+	ch, cancel := s.o.monitor.Subscribe(256)
+	defer cancel()
+	ctx := stream.Context()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.o.stopCh:
+			return status.Error(codes.Unavailable, "observer shutting down")
+		case c := <-ch:
+			if req.GetGroup() != "" && c.Health.GetGroup() != req.GetGroup() {
+				continue
+			}
+			ev := &vigilv1.WatchEvent{At: timestamppb.New(c.At), Observer: s.o.cfg.NodeID, PreviousState: c.Previous, Health: c.Health}
+			if err := stream.Send(ev); err != nil {
+				return err
+			}
+		}
+	}
 }
 
 func (s *adminServer) PauseGroup(ctx context.Context, req *vigilv1.PauseGroupRequest) (*vigilv1.PauseGroupResponse, error) {

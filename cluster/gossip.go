@@ -39,8 +39,9 @@ type Gossip struct {
 
 	mu      sync.RWMutex
 	handler MessageHandler
+	onLeave func(name string)
 
-	received, dropped prometheus.Counter
+	received, dropped, sendErrors prometheus.Counter
 }
 
 // gossipDelegate connects memberlist callbacks to Gossip.
@@ -92,6 +93,10 @@ func newGossip(cfg gossipConfig, log *slog.Logger, reg prometheus.Registerer) (*
 			Name: "vigil_gossip_messages_unhandled_total",
 			Help: "Gossip user messages received before any handler was installed.",
 		}),
+		sendErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vigil_gossip_send_errors_total",
+			Help: "Gossip user messages that could not be sent to a peer.",
+		}),
 	}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.NodeID
@@ -113,19 +118,18 @@ func newGossip(cfg gossipConfig, log *slog.Logger, reg prometheus.Registerer) (*
 	}
 	mc.Logger = newStdLog(log)
 	mc.Delegate = gossipDelegate{g: g}
+	mc.Events = gossipEvents{g: g}
 	g.queue = &memberlist.TransmitLimitedQueue{NumNodes: func() int { return g.ml.NumMembers() }, RetransmitMult: mc.RetransmitMult}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return nil, fmt.Errorf("start gossip on %s: %w", cfg.Bind, err)
 	}
 	g.ml = ml
-	if err := reg.Register(g.received); err != nil {
-		_ = ml.Shutdown()
-		return nil, fmt.Errorf("register gossip metrics: %w", err)
-	}
-	if err := reg.Register(g.dropped); err != nil {
-		_ = ml.Shutdown()
-		return nil, fmt.Errorf("register gossip metrics: %w", err)
+	for _, c := range []prometheus.Collector{g.received, g.dropped, g.sendErrors} {
+		if err := reg.Register(c); err != nil {
+			_ = ml.Shutdown()
+			return nil, fmt.Errorf("register gossip metrics: %w", err)
+		}
 	}
 	g.wg.Add(1)
 	go g.joinLoop()
@@ -174,6 +178,30 @@ func (g *Gossip) SetHandler(h MessageHandler) {
 	g.mu.Lock()
 	g.handler = h
 	g.mu.Unlock()
+}
+
+// SetLeaveHandler installs what to do when an observer leaves or is
+// declared dead by gossip.
+func (g *Gossip) SetLeaveHandler(f func(name string)) {
+	g.mu.Lock()
+	g.onLeave = f
+	g.mu.Unlock()
+}
+
+// SendToPeers sends msg once, best effort (UDP), to every other live
+// observer. Votes are state, not events: a lost packet is superseded by
+// the next refresh, so no retransmission is needed.
+func (g *Gossip) SendToPeers(msg []byte) {
+	self := g.ml.LocalNode().Name
+	for _, n := range g.ml.Members() {
+		if n.Name == self {
+			continue
+		}
+		if err := g.ml.SendBestEffort(n, msg); err != nil {
+			g.sendErrors.Inc()
+			g.log.Debug("gossip send", "to", n.Name, "err", err)
+		}
+	}
 }
 
 // Broadcast queues msg for gossip to every observer. It must fit one UDP
@@ -225,6 +253,23 @@ func (g *Gossip) shutdown(timeout time.Duration) error {
 		g.log.Warn("gossip leave", "err", err)
 	}
 	return g.ml.Shutdown()
+}
+
+// gossipEvents forwards membership changes.
+type gossipEvents struct{ g *Gossip }
+
+func (e gossipEvents) NotifyJoin(n *memberlist.Node) {
+	e.g.log.Info("gossip: observer joined", "peer", n.Name)
+}
+func (e gossipEvents) NotifyUpdate(n *memberlist.Node) {}
+func (e gossipEvents) NotifyLeave(n *memberlist.Node) {
+	e.g.log.Info("gossip: observer left or failed", "peer", n.Name)
+	e.g.mu.RLock()
+	f := e.g.onLeave
+	e.g.mu.RUnlock()
+	if f != nil {
+		f(n.Name)
+	}
 }
 
 type simpleBroadcast []byte

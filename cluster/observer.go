@@ -24,6 +24,7 @@ import (
 
 	"github.com/vigilha/vigil/cluster/config"
 	"github.com/vigilha/vigil/fsm"
+	"github.com/vigilha/vigil/health"
 )
 
 // Options are what New needs besides the config.
@@ -56,6 +57,8 @@ type Observer struct {
 	store     *raftboltdb.BoltStore
 	transport *raft.NetworkTransport
 	gossip    *Gossip
+	monitor   *health.Monitor
+	bgCancel  context.CancelFunc
 
 	grpcServer *grpc.Server
 	grpcLn     net.Listener
@@ -143,6 +146,20 @@ func New(opts Options) (o *Observer, err error) {
 	closers = append(closers, func() { _ = o.gossip.shutdown(time.Second) })
 	reg.MustRegister(newRaftCollector(o.raft, o.gossip.AliveMembers, o.fsm.AppliedIndex))
 
+	ids := make([]string, 0, len(cfg.Observers))
+	for _, ob := range cfg.Observers {
+		ids = append(ids, ob.ID)
+	}
+	o.monitor, err = health.NewMonitor(health.MonitorConfig{
+		Self: cfg.NodeID, Observers: ids, Quorum: cfg.QuorumSize(), Send: o.gossip.SendToPeers,
+		Logger: logger.With("component", "health"), Registerer: reg, Now: now,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start observer: %w", err)
+	}
+	o.gossip.SetHandler(o.monitor.Receive)
+	o.gossip.SetLeaveHandler(o.monitor.Forget)
+
 	o.peers = newPeerClients()
 	closers = append(closers, o.peers.close)
 	if err := o.startGRPC(); err != nil {
@@ -153,9 +170,18 @@ func New(opts Options) (o *Observer, err error) {
 		return nil, err
 	}
 
-	o.wg.Add(2)
+	bg, cancel := context.WithCancel(context.Background())
+	o.bgCancel = cancel
+	o.wg.Add(4)
 	go o.monitorLeadership()
 	go o.observeLeaders()
+	go func() { defer o.wg.Done(); o.planLoop(bg) }()
+	go func() {
+		defer o.wg.Done()
+		if err := o.monitor.Run(bg); err != nil {
+			o.log.Error("health monitor stopped", "err", err)
+		}
+	}()
 	logger.Info("observer started",
 		"raft", cfg.Raft.Advertise, "gossip", cfg.Gossip.Advertise,
 		"grpc", o.grpcLn.Addr().String(), "http", o.httpLn.Addr().String(), "quorum", cfg.QuorumSize())
@@ -255,6 +281,8 @@ func (o *Observer) Shutdown(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("stop http server: %w", err))
 		}
 		o.peers.close()
+		// Stop probing before leaving gossip, so no vote goes out after.
+		o.bgCancel()
 		if err := o.gossip.shutdown(time.Second); err != nil {
 			errs = append(errs, fmt.Errorf("stop gossip: %w", err))
 		}
@@ -277,6 +305,9 @@ func (o *Observer) ID() string { return o.cfg.NodeID }
 
 // FSM is the observer's replicated state (read-only use).
 func (o *Observer) FSM() *fsm.FSM { return o.fsm }
+
+// Monitor is the observer's health pipeline (probes, votes, verdicts).
+func (o *Observer) Monitor() *health.Monitor { return o.monitor }
 
 // Gossip is the observer's gossip layer.
 func (o *Observer) Gossip() *Gossip { return o.gossip }

@@ -3,6 +3,7 @@ package health
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -36,6 +37,7 @@ type HTTPProbeConfig struct {
 
 // HTTPProbe is up when a GET answers the expected status.
 type HTTPProbe struct {
+	cfgErr  error
 	url     string
 	expect  int
 	timeout time.Duration
@@ -75,7 +77,19 @@ func NewHTTPProbe(cfg HTTPProbeConfig) Prober {
 		DisableCompression: true,
 		ForceAttemptHTTP2:  false,
 	}
+	var cfgErr error
+	switch {
+	case scheme != "http" && scheme != "https":
+		cfgErr = fmt.Errorf("health: http probe scheme %q is neither http nor https", scheme)
+	case cfg.Host == "":
+		cfgErr = errors.New("health: http probe without host")
+	case cfg.Port <= 0 || cfg.Port > 65535:
+		cfgErr = fmt.Errorf("health: http probe port %d out of range", cfg.Port)
+	case expect < 100 || expect > 599:
+		cfgErr = fmt.Errorf("health: http probe expects impossible status %d", expect)
+	}
 	return &HTTPProbe{
+		cfgErr:  cfgErr,
 		url:     scheme + "://" + net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)) + path,
 		expect:  expect,
 		timeout: cfg.Timeout,
@@ -93,6 +107,11 @@ func (p *HTTPProbe) Probe(ctx context.Context) Result {
 	start := time.Now()
 	ctx, cancel := withTimeout(ctx, p.timeout)
 	defer cancel()
+	if p.cfgErr != nil {
+		r := downResult(ctx, start, p.cfgErr)
+		r.ErrKind = KindOther
+		return r
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.url, nil)
 	if err != nil {
 		r := downResult(ctx, start, err)

@@ -140,6 +140,19 @@ func TestHTTPProbe(t *testing.T) {
 		t.Fatalf("caller deadline: %+v", r)
 	}
 
+	for _, bad := range []HTTPProbeConfig{
+		{Port: port},
+		{Host: host},
+		{Host: host, Port: 70000},
+		{Scheme: "gopher", Host: host, Port: port},
+		{Host: host, Port: port, ExpectStatus: 42},
+		{Host: host, Port: port, Path: "/%zz"},
+	} {
+		if r := NewHTTPProbe(bad).Probe(context.Background()); r.Verdict != VerdictDown || r.ErrKind != KindOther || r.Err == "" {
+			t.Errorf("bad config %+v: %+v", bad, r)
+		}
+	}
+
 	closedHost, closedPort := httpTarget(t, "http://"+closedAddr(t))
 	r = NewHTTPProbe(HTTPProbeConfig{Host: closedHost, Port: closedPort, Timeout: time.Second}).Probe(context.Background())
 	if r.Verdict != VerdictDown || r.ErrKind != KindRefused {

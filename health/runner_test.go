@@ -188,13 +188,13 @@ func TestRunnerDefaultsPanicsAndRestart(t *testing.T) {
 	}
 	stop := startRunner(t, r, c)
 
-	ctx, cancel := context.WithCancel(context.Background())
+	waitFor(t, 5*time.Second, "two results from the panicking prober", func() bool { return c.count("panics") >= 2 })
+	// Running now: a second Run is refused (bounded, in case it is not).
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if err := r.Run(ctx); !errors.Is(err, ErrRunning) {
 		t.Fatalf("second Run: %v", err)
 	}
-
-	waitFor(t, 5*time.Second, "two results from the panicking prober", func() bool { return c.count("panics") >= 2 })
 	res, _ := c.last("panics")
 	if res.Verdict != VerdictUnknown || !strings.Contains(res.Err, "panicked") || res.At.IsZero() {
 		t.Fatalf("panicking prober result: %+v", res)

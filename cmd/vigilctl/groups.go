@@ -49,7 +49,7 @@ Any observer answers from its own copy of the replicated state; with
 func (a *app) newGroupCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "group NAME",
-		Short: "Show one group: configuration, members and history",
+		Short: "Show one group: configuration, members, their health and history",
 		Long: `Show one group in detail.
 
 The summary gives the current primary, the fencing epoch, whether the group
@@ -61,11 +61,38 @@ are probed (type, interval, timeout).
 
 The members table lists each configured member with its address, priority
 (higher wins; 0 is never promoted automatically), datacenter and current
-role (primary or standby). The history lists the group's recorded events,
-newest last, with the Raft index, epoch and actor (config, controller or
-an operator) of each.`,
+role (primary or standby).
+
+The health table shows each member as the answering observer aggregates
+the votes of all observers (every observer probes every member and gossips
+its vote):
+
+  MEMBER          member name
+  STATE           UP; SDOWN when this observer sees it down but no quorum
+                  does; ODOWN when a quorum of observers' fresh votes has
+                  said down continuously for the group's down after;
+                  UNKNOWN without fresh votes
+  DOWN VOTES      fresh down votes of how many observers, and the quorum:
+                  "2 of 3 (quorum 2)"
+  ROLE SEEN       role the answering observer's probe saw
+  EXPECTED ROLE   role the replicated state gives it (primary or standby)
+  SINCE           how long ago it became ODOWN (or, before that, since
+                  when it has been voted down)
+  WAL / LAG       WAL position in PostgreSQL notation and, for a standby,
+                  its replication lag: "0/3000148 lag 0B" ("-" when the
+                  probe reports none, e.g. tcp)
+  <observer>      one column per observer: its latest verdict and the age
+                  of that vote, e.g. "up 0.3s" or "down 1.2s"; "-" without
+                  a vote; "- (stale 42.0s)" when the vote is too old to
+                  count
+
+"health: no votes yet" means the observer has no votes about the group
+(it just started, or is too old to report health). The history lists the
+group's recorded events, newest last, with the Raft index, epoch and actor
+(config, controller or an operator) of each.`,
 		Example: `  vigilctl group pg-main
-  vigilctl group pg-main -o json | jq -r .group.primary`,
+  vigilctl group pg-main -o json | jq -r .group.primary
+  vigilctl group pg-main -o json | jq -r '.health[] | select(.state != "up") | .summary'`,
 		Args: exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]

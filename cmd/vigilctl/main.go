@@ -77,7 +77,11 @@ func usageErrorf(format string, args ...any) error {
 func (a *app) run(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	return a.runContext(ctx, args)
+}
 
+// runContext is run with the context that SIGINT and SIGTERM cancel.
+func (a *app) runContext(ctx context.Context, args []string) int {
 	root := a.newRootCmd()
 	root.SetArgs(args)
 	cmd, err := root.ExecuteContextC(ctx)
@@ -109,8 +113,9 @@ func (a *app) newRootCmd() *cobra.Command {
 		Long: `vigilctl is the admin client of vigil. It talks to the gRPC admin API that
 every observer serves: it shows the observer cluster (Raft leader, term,
 indexes, gossip state), the replicated state of every group (primary,
-fencing epoch, members, history), and pauses or resumes automatic failover
-of a group for maintenance.
+fencing epoch, members, history) with the members' health as the
+observers vote on it, streams changes of that health, and pauses or
+resumes automatic failover of a group for maintenance.
 
 Any observer can answer: reads come from its replicated state and writes
 are forwarded to the Raft leader. Give several observers with --addr (or
@@ -125,6 +130,7 @@ every address that was tried), 2 on a usage error.`,
   vigilctl status
   vigilctl groups
   vigilctl group pg-main -o json
+  vigilctl watch pg-main
   vigilctl pause pg-main --reason "kernel upgrade on pg1"
   vigilctl resume pg-main`,
 		SilenceUsage:  true,
@@ -155,6 +161,7 @@ every address that was tried), 2 on a usage error.`,
 		a.newStatusCmd(),
 		a.newGroupsCmd(),
 		a.newGroupCmd(),
+		a.newWatchCmd(),
 		a.newPauseCmd(),
 		a.newResumeCmd(),
 		a.newVersionCmd(),

@@ -152,7 +152,8 @@ func printGroups(w io.Writer, r *vigilv1.ListGroupsResponse, now time.Time) erro
 }
 
 // printGroup renders a GetGroup response: a summary of the group and its
-// configuration, its members, and its history (newest last).
+// configuration, its members, their health as the answering observer
+// aggregates it, and its history (newest last).
 func printGroup(w io.Writer, r *vigilv1.GetGroupResponse, now time.Time) error {
 	g := r.GetGroup()
 	spec := g.GetSpec()
@@ -194,6 +195,11 @@ func printGroup(w io.Writer, r *vigilv1.GetGroupResponse, now time.Time) error {
 		m.row(mem.GetName(), mem.GetAddress(), strconv.Itoa(int(mem.GetPriority())), mem.GetDatacenter(), role)
 	}
 	if err := m.flush(); err != nil {
+		return err
+	}
+
+	// GetGroupResponse does not name the observer that answered.
+	if err := printHealth(w, r.GetHealth(), "", now); err != nil {
 		return err
 	}
 

@@ -2,10 +2,13 @@
 // 127.0.0.1 for tests: initdb, pg_basebackup, start, kill, hang (SIGSTOP)
 // and restart individual servers, and tear everything down again.
 //
-// Every postgres is a direct child of the test process in its own process
-// group, so Stop/Cont/Kill reach the postmaster and all its backends, and
-// the kernel kills the postmaster if the test binary dies (Pdeathsig).
-// A test must still call Close (see StartForTest, which registers it).
+// Every postmaster is a direct child of the test process (not daemonised
+// by pg_ctl), in its own process group so that a terminal's signals do
+// not reach it, and the kernel kills it if the test binary dies
+// (Pdeathsig); its children notice and exit. PostgreSQL's children call
+// setsid(), so Stop/Cont/Kill signal the postmaster and each of its
+// children found in /proc. A test must still call Close (StartForTest
+// registers it).
 //
 // PostgreSQL refuses to run as root: as root, every PostgreSQL program
 // runs as the OS user "postgres"; as any other user, as that user.
@@ -154,25 +157,37 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if err := primary.startFirst(ctx, opts.Port0 == 0); err != nil {
 		return nil, err
 	}
-	for _, n := range c.Nodes[1:] {
-		if err := acct.mkdir(n.Dir); err != nil {
-			return nil, err
-		}
-		err := acct.run(ctx, "pg_basebackup",
-			"-h", "127.0.0.1", "-p", fmt.Sprint(primary.Port), "-U", "postgres",
-			"-D", n.DataDir, "-R", "-X", "stream", "-C", "-S", "slot_"+n.Name,
-			"-c", "fast", "--no-sync")
-		if err != nil {
-			return nil, err
-		}
-		if err := n.startFirst(ctx, opts.Port0 == 0); err != nil {
-			return nil, err
-		}
+	// Standbys are independent of each other: clone and start them in
+	// parallel.
+	errs := make([]error, len(c.Nodes))
+	var wg sync.WaitGroup
+	for i, n := range c.Nodes[1:] {
+		wg.Go(func() { errs[i+1] = c.startStandby(ctx, primary, n, opts.Port0 == 0) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
 	}
 	if err := primary.WaitStreaming(ctx, c.Nodes[1:]...); err != nil {
 		return nil, err
 	}
 	return c, nil
+}
+
+// startStandby clones the primary into n with its own replication slot
+// and starts it.
+func (c *Cluster) startStandby(ctx context.Context, primary, n *Node, pickPort bool) error {
+	if err := c.acct.mkdir(n.Dir); err != nil {
+		return err
+	}
+	err := c.acct.run(ctx, "pg_basebackup",
+		"-h", "127.0.0.1", "-p", fmt.Sprint(primary.Port), "-U", "postgres",
+		"-D", n.DataDir, "-R", "-X", "stream", "-C", "-S", "slot_"+n.Name,
+		"-c", "fast", "--no-sync")
+	if err != nil {
+		return err
+	}
+	return n.startFirst(ctx, pickPort)
 }
 
 // initPrimary runs initdb and writes the lab's configuration.
@@ -201,6 +216,10 @@ func (c *Cluster) initPrimary(ctx context.Context, n *Node, opts Options) error 
 		"max_connections = 50",
 		"wal_receiver_status_interval = 1s",
 		"wal_retrieve_retry_interval = 200ms", // standbys reconnect quickly after a primary restart
+		// pg_basebackup creates its slot only after the backup began; a
+		// concurrent checkpoint (another standby's "-c fast") could
+		// recycle the WAL it needs meanwhile.
+		"wal_keep_size = 256MB",
 		"logging_collector = off",
 		"log_line_prefix = '%m [%p] %q%a '",
 	}
@@ -239,7 +258,8 @@ func (c *Cluster) Primary() *Node { return c.Nodes[0] }
 func (c *Cluster) Standbys() []*Node { return c.Nodes[1:] }
 
 // Close stops every postgres (SIGCONT, fast shutdown, SIGKILL to the
-// process group after a grace period), waits for them and removes the
+// postmaster and its children after a grace period), waits for them and
+// removes the
 // node directories. It is idempotent and safe to call on a partly
 // started cluster.
 func (c *Cluster) Close() error {
@@ -311,21 +331,21 @@ func (n *Node) Kill() error {
 	if p == nil {
 		return fmt.Errorf("pglab: %s is not running", n.Name)
 	}
-	if err := killGroup(p.pid, syscall.SIGKILL); err != nil {
-		return err
-	}
+	pids := killTree(p.pid)
 	<-p.done
-	return waitGroupGone(p.pid, 5*time.Second)
+	// Backends must be gone too, or a restart finds their shared memory.
+	return waitGone(pids, 10*time.Second)
 }
 
-// Stop sends SIGSTOP to the postmaster and all its backends: the server
-// hangs, with its port still accepting TCP connections.
+// Stop sends SIGSTOP to the postmaster and all its children (backends,
+// walsender/walreceiver, checkpointer…): the server hangs, with its port
+// still accepting TCP connections into the listen backlog.
 func (n *Node) Stop() error {
 	p := n.running()
 	if p == nil {
 		return fmt.Errorf("pglab: %s is not running", n.Name)
 	}
-	return killGroup(p.pid, syscall.SIGSTOP)
+	return stopTree(p.pid)
 }
 
 // Cont resumes a node hung by Stop.
@@ -334,7 +354,7 @@ func (n *Node) Cont() error {
 	if p == nil {
 		return fmt.Errorf("pglab: %s is not running", n.Name)
 	}
-	return killGroup(p.pid, syscall.SIGCONT)
+	return contTree(p.pid)
 }
 
 // Start starts the node again (after Kill) on the same data directory and
@@ -442,15 +462,16 @@ func (n *Node) waitReady(ctx context.Context, p *process) error {
 	if last != nil {
 		err = fmt.Errorf("%w (last attempt: %v)", err, last)
 	}
-	_ = killGroup(p.pid, syscall.SIGKILL)
+	pids := killTree(p.pid)
 	<-p.done
-	_ = waitGroupGone(p.pid, 5*time.Second)
+	_ = waitGone(pids, 10*time.Second)
 	return fmt.Errorf("pglab: %s on port %d did not become ready: %w\n--- %s (tail) ---\n%s",
 		n.Name, n.Port, err, n.LogPath, fileTailFrom(n.LogPath, p.logOff, 30))
 }
 
 // WaitStreaming waits until n (a primary) lists every given standby as
-// 'streaming' in pg_stat_replication.
+// 'streaming' in pg_stat_replication with a reported flush position:
+// only then does a synchronous standby count as one.
 func (n *Node) WaitStreaming(ctx context.Context, standbys ...*Node) error {
 	if len(standbys) == 0 {
 		return nil
@@ -464,7 +485,7 @@ func (n *Node) WaitStreaming(ctx context.Context, standbys ...*Node) error {
 			return false, nil
 		}
 		defer conn.Close(actx)
-		rows, err := conn.Query(actx, "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'")
+		rows, err := conn.Query(actx, "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming' AND flush_lsn IS NOT NULL")
 		if err != nil {
 			return false, nil
 		}
@@ -496,13 +517,13 @@ func (n *Node) WaitStreaming(ctx context.Context, standbys ...*Node) error {
 
 // shutdown stops the node for Close: SIGCONT (it may be hung by Stop),
 // SIGINT (PostgreSQL's fast shutdown; SIGTERM would wait for clients),
-// then SIGKILL to the whole group after grace.
+// then SIGKILL to the postmaster and its children after grace.
 func (n *Node) shutdown(grace time.Duration) error {
 	p := n.running()
 	if p == nil {
 		return nil
 	}
-	_ = killGroup(p.pid, syscall.SIGCONT)
+	_ = contTree(p.pid)
 	if err := signalPID(p.pid, syscall.SIGINT); err != nil {
 		return err
 	}
@@ -510,13 +531,13 @@ func (n *Node) shutdown(grace time.Duration) error {
 	defer timer.Stop()
 	select {
 	case <-p.done:
+		// A postmaster exits only after all its children did.
+		return nil
 	case <-timer.C:
-		_ = killGroup(p.pid, syscall.SIGKILL)
-		<-p.done
 	}
-	// Backends of a crashed or killed postmaster may outlive it briefly.
-	_ = killGroup(p.pid, syscall.SIGKILL)
-	return waitGroupGone(p.pid, 5*time.Second)
+	pids := killTree(p.pid)
+	<-p.done
+	return waitGone(pids, 10*time.Second)
 }
 
 // poll calls cond every interval until it returns true or an error, or

@@ -66,9 +66,19 @@ func TestClusterLifecycle(t *testing.T) {
 		return sc.QueryRow(ctx, "SELECT v FROM t").Scan(&v) == nil && v == 42
 	})
 
-	// Stop hangs the whole server: a new connection cannot complete.
+	// Stop hangs the whole server: every process is stopped and a new
+	// connection cannot complete.
 	if err := s.Stop(); err != nil {
 		t.Fatal(err)
+	}
+	kids := children(s.PID())
+	if len(kids) < 3 { // checkpointer, background writer, startup, walreceiver
+		t.Fatalf("standby has only %d children", len(kids))
+	}
+	for _, pid := range append(kids, s.PID()) {
+		if state, _, _ := procStat(pid); state != 'T' {
+			t.Errorf("process %d in state %q after Stop, want stopped", pid, state)
+		}
 	}
 	hctx, hcancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	_, err = inRecovery(hctx, s)
@@ -84,12 +94,17 @@ func TestClusterLifecycle(t *testing.T) {
 	}
 
 	// Kill, then Start again on the same data directory.
-	pid := s.PID()
+	tree := append(children(s.PID()), s.PID())
 	if err := s.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	if s.Running() || s.PID() != 0 || groupAlive(pid) {
+	if s.Running() || s.PID() != 0 {
 		t.Fatalf("standby still running after Kill")
+	}
+	for _, pid := range tree {
+		if alive(pid) {
+			t.Errorf("process %d survived Kill", pid)
+		}
 	}
 	if err := s.Kill(); err == nil {
 		t.Fatal("Kill of a dead node succeeded")
@@ -108,13 +123,13 @@ func TestClusterLifecycle(t *testing.T) {
 	if err := p.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	pids := []int{p.PID(), s.PID()}
+	pids := append(append(children(p.PID()), p.PID()), append(children(s.PID()), s.PID())...)
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
 	for _, pid := range pids {
-		if groupAlive(pid) {
-			t.Errorf("process group %d survived Close", pid)
+		if alive(pid) {
+			t.Errorf("process %d survived Close", pid)
 		}
 	}
 	for _, n := range c.Nodes {
@@ -137,7 +152,7 @@ func TestStartFailureReportsLogAndCleansUp(t *testing.T) {
 		c.Close()
 		t.Fatal("Start succeeded with a bad configuration")
 	}
-	t.Log(err)
+	t.Logf("expected error: %v", err)
 	if !strings.Contains(err.Error(), "no_such_parameter") {
 		t.Fatalf("error lacks the log tail: %v", err)
 	}
@@ -147,18 +162,38 @@ func TestStartFailureReportsLogAndCleansUp(t *testing.T) {
 	}
 }
 
-func TestOwnBaseDirRemoved(t *testing.T) {
+func TestTwoSyncStandbysOwnBaseDir(t *testing.T) {
 	SkipUnlessAvailable(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := Start(ctx, Options{})
+	c, err := Start(ctx, Options{Standbys: 2, Sync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if c.Primary().DSN() == "" || len(c.Standbys()) != 0 {
-		t.Fatal("unexpected cluster shape")
+	if len(c.Standbys()) != 2 {
+		t.Fatalf("%d standbys", len(c.Standbys()))
 	}
+	conn, err := c.Primary().Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names string
+	if err := conn.QueryRow(ctx, "SHOW synchronous_standby_names").Scan(&names); err != nil {
+		t.Fatal(err)
+	}
+	if names != "ANY 1 (pg1, pg2)" {
+		t.Fatalf("synchronous_standby_names = %q", names)
+	}
+	var quorum int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'quorum'").Scan(&quorum); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+	if quorum != 2 {
+		t.Fatalf("%d quorum standbys, want 2", quorum)
+	}
+
 	base := c.baseDir
 	if err := c.Close(); err != nil {
 		t.Fatal(err)

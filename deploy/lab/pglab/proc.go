@@ -1,6 +1,7 @@
 package pglab
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -88,9 +89,11 @@ func runAs() (account, error) {
 	}, nil
 }
 
-// sysProcAttr puts the child into its own process group (so Stop/Kill
-// reach every backend), under the PostgreSQL account, and asks the kernel
-// to SIGKILL it if the test binary dies without running its cleanups.
+// sysProcAttr runs the child under the PostgreSQL account in its own
+// process group (a terminal's Ctrl-C is for the test binary; cancelling
+// initdb or pg_basebackup kills the group including their helper
+// children) and asks the kernel to SIGKILL it if the test binary dies
+// without running its cleanups.
 func (a account) sysProcAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{
 		Setpgid:    true,
@@ -246,47 +249,100 @@ func signalPID(pid int, sig syscall.Signal) error {
 	return err
 }
 
-// groupAlive reports whether a live (non-zombie) process of the group
-// led by pgid exists. Orphaned backends are re-parented to PID 1, which in
-// a container may never reap them; a zombie holds no resources, so it
-// does not count.
-func groupAlive(pgid int) bool {
-	if syscall.Kill(-pgid, 0) != nil {
-		return false
-	}
-	ents, err := os.ReadDir("/proc")
+// procStat reads a process's state letter and parent pid from
+// /proc/<pid>/stat.
+func procStat(pid int) (state byte, ppid int, ok bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return true // no /proc: trust kill(2)
+		return 0, 0, false
 	}
-	for _, e := range ents {
-		if e.Name()[0] < '0' || e.Name()[0] > '9' {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue // exited meanwhile
-		}
-		// Fields after "(comm)": state ppid pgrp ...
-		i := strings.LastIndexByte(string(b), ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) >= 3 && f[2] == strconv.Itoa(pgid) && f[0] != "Z" && f[0] != "X" {
-			return true
-		}
+	// Fields after "(comm)": state ppid pgrp ...
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, 0, false
 	}
-	return false
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 || len(f[0]) != 1 {
+		return 0, 0, false
+	}
+	ppid, err = strconv.Atoi(f[1])
+	if err != nil {
+		return 0, 0, false
+	}
+	return f[0][0], ppid, true
 }
 
-// waitGroupGone waits until no live process of the group remains.
-func waitGroupGone(pgid int, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for groupAlive(pgid) {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("pglab: processes of group %d still alive after %v", pgid, timeout)
+// alive reports whether pid is a live process. A zombie holds no
+// resources (shared memory is detached at exit) and counts as gone: in a
+// container, PID 1 may never reap orphaned backends.
+func alive(pid int) bool {
+	state, _, ok := procStat(pid)
+	return ok && state != 'Z' && state != 'X'
+}
+
+// children returns the live processes whose parent is pid. PostgreSQL
+// backends and auxiliary processes are all direct children of the
+// postmaster, and each calls setsid(), so a process-group signal would
+// miss them: we find them through /proc instead.
+func children(pid int) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, e := range ents {
+		c, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
 		}
-		time.Sleep(10 * time.Millisecond)
+		if state, ppid, ok := procStat(c); ok && ppid == pid && state != 'Z' && state != 'X' {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// stopTree freezes a postmaster and all its children: the postmaster
+// first, so that it forks nothing new meanwhile.
+func stopTree(pid int) error {
+	if err := signalPID(pid, syscall.SIGSTOP); err != nil {
+		return err
+	}
+	for _, c := range children(pid) {
+		_ = signalPID(c, syscall.SIGSTOP)
+	}
+	return nil
+}
+
+// contTree resumes a postmaster and all its children.
+func contTree(pid int) error {
+	for _, c := range children(pid) {
+		_ = signalPID(c, syscall.SIGCONT)
+	}
+	return signalPID(pid, syscall.SIGCONT)
+}
+
+// killTree SIGKILLs a postmaster and all its children and returns their
+// pids, to wait for. The postmaster is frozen first so the set is final.
+func killTree(pid int) []int {
+	_ = signalPID(pid, syscall.SIGSTOP)
+	pids := append(children(pid), pid)
+	for _, p := range pids {
+		_ = signalPID(p, syscall.SIGKILL)
+	}
+	return pids
+}
+
+// waitGone waits until none of pids is alive.
+func waitGone(pids []int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for _, p := range pids {
+		for alive(p) {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("pglab: process %d still alive after %v", p, timeout)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
 	return nil
 }

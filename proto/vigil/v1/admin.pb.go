@@ -11,6 +11,7 @@ package vigilv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -456,9 +457,11 @@ func (x *GetGroupRequest) GetName() string {
 }
 
 type GetGroupResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Group         *Group                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
-	AppliedIndex  uint64                 `protobuf:"varint,2,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Group        *Group                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	AppliedIndex uint64                 `protobuf:"varint,2,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	// Health of each member as the answering observer aggregates it.
+	Health        []*MemberHealth `protobuf:"bytes,3,rep,name=health,proto3" json:"health,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -507,6 +510,387 @@ func (x *GetGroupResponse) GetAppliedIndex() uint64 {
 	return 0
 }
 
+func (x *GetGroupResponse) GetHealth() []*MemberHealth {
+	if x != nil {
+		return x.Health
+	}
+	return nil
+}
+
+// ObserverVote is one observer's latest vote about a member.
+type ObserverVote struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Observer string                 `protobuf:"bytes,1,opt,name=observer,proto3" json:"observer,omitempty"`
+	// up, down, or none (no vote, or a stale one).
+	Verdict string `protobuf:"bytes,2,opt,name=verdict,proto3" json:"verdict,omitempty"`
+	// primary, standby or unknown.
+	Role string `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
+	// Age of the vote in milliseconds; -1 when there is none.
+	AgeMs         int64  `protobuf:"varint,4,opt,name=age_ms,json=ageMs,proto3" json:"age_ms,omitempty"`
+	Fresh         bool   `protobuf:"varint,5,opt,name=fresh,proto3" json:"fresh,omitempty"`
+	WalLsn        uint64 `protobuf:"varint,6,opt,name=wal_lsn,json=walLsn,proto3" json:"wal_lsn,omitempty"`
+	LagBytes      int64  `protobuf:"varint,7,opt,name=lag_bytes,json=lagBytes,proto3" json:"lag_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ObserverVote) Reset() {
+	*x = ObserverVote{}
+	mi := &file_vigil_v1_admin_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ObserverVote) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ObserverVote) ProtoMessage() {}
+
+func (x *ObserverVote) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_v1_admin_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ObserverVote.ProtoReflect.Descriptor instead.
+func (*ObserverVote) Descriptor() ([]byte, []int) {
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ObserverVote) GetObserver() string {
+	if x != nil {
+		return x.Observer
+	}
+	return ""
+}
+
+func (x *ObserverVote) GetVerdict() string {
+	if x != nil {
+		return x.Verdict
+	}
+	return ""
+}
+
+func (x *ObserverVote) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *ObserverVote) GetAgeMs() int64 {
+	if x != nil {
+		return x.AgeMs
+	}
+	return 0
+}
+
+func (x *ObserverVote) GetFresh() bool {
+	if x != nil {
+		return x.Fresh
+	}
+	return false
+}
+
+func (x *ObserverVote) GetWalLsn() uint64 {
+	if x != nil {
+		return x.WalLsn
+	}
+	return 0
+}
+
+func (x *ObserverVote) GetLagBytes() int64 {
+	if x != nil {
+		return x.LagBytes
+	}
+	return 0
+}
+
+// MemberHealth is the aggregate verdict about one member.
+type MemberHealth struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Group  string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Member string                 `protobuf:"bytes,2,opt,name=member,proto3" json:"member,omitempty"`
+	// up, sdown (this observer sees it down, no quorum), odown, or unknown.
+	State     string `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	DownVotes int32  `protobuf:"varint,4,opt,name=down_votes,json=downVotes,proto3" json:"down_votes,omitempty"`
+	UpVotes   int32  `protobuf:"varint,5,opt,name=up_votes,json=upVotes,proto3" json:"up_votes,omitempty"`
+	Observers int32  `protobuf:"varint,6,opt,name=observers,proto3" json:"observers,omitempty"`
+	Quorum    int32  `protobuf:"varint,7,opt,name=quorum,proto3" json:"quorum,omitempty"`
+	// This observer's own verdict is down.
+	Sdown bool `protobuf:"varint,8,opt,name=sdown,proto3" json:"sdown,omitempty"`
+	// A quorum has said down continuously since then (unset otherwise).
+	DownSince  *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=down_since,json=downSince,proto3" json:"down_since,omitempty"`
+	Odown      bool                   `protobuf:"varint,10,opt,name=odown,proto3" json:"odown,omitempty"`
+	OdownSince *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=odown_since,json=odownSince,proto3" json:"odown_since,omitempty"`
+	// The role the replicated state expects (primary/standby) and the role
+	// this observer saw.
+	ExpectedRole string          `protobuf:"bytes,12,opt,name=expected_role,json=expectedRole,proto3" json:"expected_role,omitempty"`
+	RoleSeen     string          `protobuf:"bytes,13,opt,name=role_seen,json=roleSeen,proto3" json:"role_seen,omitempty"`
+	Votes        []*ObserverVote `protobuf:"bytes,14,rep,name=votes,proto3" json:"votes,omitempty"`
+	// Human summary, e.g. "SDOWN on 1 of 3" or "ODOWN since 12:00:01".
+	Summary       string `protobuf:"bytes,15,opt,name=summary,proto3" json:"summary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemberHealth) Reset() {
+	*x = MemberHealth{}
+	mi := &file_vigil_v1_admin_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberHealth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberHealth) ProtoMessage() {}
+
+func (x *MemberHealth) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_v1_admin_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberHealth.ProtoReflect.Descriptor instead.
+func (*MemberHealth) Descriptor() ([]byte, []int) {
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *MemberHealth) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *MemberHealth) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
+}
+
+func (x *MemberHealth) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *MemberHealth) GetDownVotes() int32 {
+	if x != nil {
+		return x.DownVotes
+	}
+	return 0
+}
+
+func (x *MemberHealth) GetUpVotes() int32 {
+	if x != nil {
+		return x.UpVotes
+	}
+	return 0
+}
+
+func (x *MemberHealth) GetObservers() int32 {
+	if x != nil {
+		return x.Observers
+	}
+	return 0
+}
+
+func (x *MemberHealth) GetQuorum() int32 {
+	if x != nil {
+		return x.Quorum
+	}
+	return 0
+}
+
+func (x *MemberHealth) GetSdown() bool {
+	if x != nil {
+		return x.Sdown
+	}
+	return false
+}
+
+func (x *MemberHealth) GetDownSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DownSince
+	}
+	return nil
+}
+
+func (x *MemberHealth) GetOdown() bool {
+	if x != nil {
+		return x.Odown
+	}
+	return false
+}
+
+func (x *MemberHealth) GetOdownSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.OdownSince
+	}
+	return nil
+}
+
+func (x *MemberHealth) GetExpectedRole() string {
+	if x != nil {
+		return x.ExpectedRole
+	}
+	return ""
+}
+
+func (x *MemberHealth) GetRoleSeen() string {
+	if x != nil {
+		return x.RoleSeen
+	}
+	return ""
+}
+
+func (x *MemberHealth) GetVotes() []*ObserverVote {
+	if x != nil {
+		return x.Votes
+	}
+	return nil
+}
+
+func (x *MemberHealth) GetSummary() string {
+	if x != nil {
+		return x.Summary
+	}
+	return ""
+}
+
+type WatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only this group; empty means all groups.
+	Group         string `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRequest) Reset() {
+	*x = WatchRequest{}
+	mi := &file_vigil_v1_admin_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRequest) ProtoMessage() {}
+
+func (x *WatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_v1_admin_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
+func (*WatchRequest) Descriptor() ([]byte, []int) {
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *WatchRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+type WatchEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	At    *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=at,proto3" json:"at,omitempty"`
+	// The observer that computed the change.
+	Observer string `protobuf:"bytes,2,opt,name=observer,proto3" json:"observer,omitempty"`
+	// State before the change (empty in the initial snapshot).
+	PreviousState string        `protobuf:"bytes,3,opt,name=previous_state,json=previousState,proto3" json:"previous_state,omitempty"`
+	Health        *MemberHealth `protobuf:"bytes,4,opt,name=health,proto3" json:"health,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEvent) Reset() {
+	*x = WatchEvent{}
+	mi := &file_vigil_v1_admin_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEvent) ProtoMessage() {}
+
+func (x *WatchEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_v1_admin_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
+func (*WatchEvent) Descriptor() ([]byte, []int) {
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *WatchEvent) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *WatchEvent) GetObserver() string {
+	if x != nil {
+		return x.Observer
+	}
+	return ""
+}
+
+func (x *WatchEvent) GetPreviousState() string {
+	if x != nil {
+		return x.PreviousState
+	}
+	return ""
+}
+
+func (x *WatchEvent) GetHealth() *MemberHealth {
+	if x != nil {
+		return x.Health
+	}
+	return nil
+}
+
 type PauseGroupRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
@@ -517,7 +901,7 @@ type PauseGroupRequest struct {
 
 func (x *PauseGroupRequest) Reset() {
 	*x = PauseGroupRequest{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[7]
+	mi := &file_vigil_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -529,7 +913,7 @@ func (x *PauseGroupRequest) String() string {
 func (*PauseGroupRequest) ProtoMessage() {}
 
 func (x *PauseGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[7]
+	mi := &file_vigil_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -542,7 +926,7 @@ func (x *PauseGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseGroupRequest.ProtoReflect.Descriptor instead.
 func (*PauseGroupRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PauseGroupRequest) GetGroup() string {
@@ -570,7 +954,7 @@ type PauseGroupResponse struct {
 
 func (x *PauseGroupResponse) Reset() {
 	*x = PauseGroupResponse{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[8]
+	mi := &file_vigil_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -582,7 +966,7 @@ func (x *PauseGroupResponse) String() string {
 func (*PauseGroupResponse) ProtoMessage() {}
 
 func (x *PauseGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[8]
+	mi := &file_vigil_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -595,7 +979,7 @@ func (x *PauseGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseGroupResponse.ProtoReflect.Descriptor instead.
 func (*PauseGroupResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PauseGroupResponse) GetGroup() *Group {
@@ -621,7 +1005,7 @@ type ResumeGroupRequest struct {
 
 func (x *ResumeGroupRequest) Reset() {
 	*x = ResumeGroupRequest{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[9]
+	mi := &file_vigil_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -633,7 +1017,7 @@ func (x *ResumeGroupRequest) String() string {
 func (*ResumeGroupRequest) ProtoMessage() {}
 
 func (x *ResumeGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[9]
+	mi := &file_vigil_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -646,7 +1030,7 @@ func (x *ResumeGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeGroupRequest.ProtoReflect.Descriptor instead.
 func (*ResumeGroupRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ResumeGroupRequest) GetGroup() string {
@@ -666,7 +1050,7 @@ type ResumeGroupResponse struct {
 
 func (x *ResumeGroupResponse) Reset() {
 	*x = ResumeGroupResponse{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[10]
+	mi := &file_vigil_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -678,7 +1062,7 @@ func (x *ResumeGroupResponse) String() string {
 func (*ResumeGroupResponse) ProtoMessage() {}
 
 func (x *ResumeGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[10]
+	mi := &file_vigil_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -691,7 +1075,7 @@ func (x *ResumeGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeGroupResponse.ProtoReflect.Descriptor instead.
 func (*ResumeGroupResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ResumeGroupResponse) GetGroup() *Group {
@@ -712,7 +1096,7 @@ var File_vigil_v1_admin_proto protoreflect.FileDescriptor
 
 const file_vigil_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x14vigil/v1/admin.proto\x12\bvigil.v1\x1a\x14vigil/v1/state.proto\".\n" +
+	"\x14vigil/v1/admin.proto\x12\bvigil.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14vigil/v1/state.proto\".\n" +
 	"\rStatusRequest\x12\x1d\n" +
 	"\n" +
 	"local_only\x18\x01 \x01(\bR\tlocalOnly\"\xa0\x03\n" +
@@ -747,10 +1131,47 @@ const file_vigil_v1_admin_proto_rawDesc = "" +
 	"\x06groups\x18\x01 \x03(\v2\x0f.vigil.v1.GroupR\x06groups\x12#\n" +
 	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\"%\n" +
 	"\x0fGetGroupRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"^\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x8e\x01\n" +
 	"\x10GetGroupResponse\x12%\n" +
 	"\x05group\x18\x01 \x01(\v2\x0f.vigil.v1.GroupR\x05group\x12#\n" +
-	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\"A\n" +
+	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12.\n" +
+	"\x06health\x18\x03 \x03(\v2\x16.vigil.v1.MemberHealthR\x06health\"\xbb\x01\n" +
+	"\fObserverVote\x12\x1a\n" +
+	"\bobserver\x18\x01 \x01(\tR\bobserver\x12\x18\n" +
+	"\averdict\x18\x02 \x01(\tR\averdict\x12\x12\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\x12\x15\n" +
+	"\x06age_ms\x18\x04 \x01(\x03R\x05ageMs\x12\x14\n" +
+	"\x05fresh\x18\x05 \x01(\bR\x05fresh\x12\x17\n" +
+	"\awal_lsn\x18\x06 \x01(\x04R\x06walLsn\x12\x1b\n" +
+	"\tlag_bytes\x18\a \x01(\x03R\blagBytes\"\xf0\x03\n" +
+	"\fMemberHealth\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x16\n" +
+	"\x06member\x18\x02 \x01(\tR\x06member\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12\x1d\n" +
+	"\n" +
+	"down_votes\x18\x04 \x01(\x05R\tdownVotes\x12\x19\n" +
+	"\bup_votes\x18\x05 \x01(\x05R\aupVotes\x12\x1c\n" +
+	"\tobservers\x18\x06 \x01(\x05R\tobservers\x12\x16\n" +
+	"\x06quorum\x18\a \x01(\x05R\x06quorum\x12\x14\n" +
+	"\x05sdown\x18\b \x01(\bR\x05sdown\x129\n" +
+	"\n" +
+	"down_since\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tdownSince\x12\x14\n" +
+	"\x05odown\x18\n" +
+	" \x01(\bR\x05odown\x12;\n" +
+	"\vodown_since\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"odownSince\x12#\n" +
+	"\rexpected_role\x18\f \x01(\tR\fexpectedRole\x12\x1b\n" +
+	"\trole_seen\x18\r \x01(\tR\broleSeen\x12,\n" +
+	"\x05votes\x18\x0e \x03(\v2\x16.vigil.v1.ObserverVoteR\x05votes\x12\x18\n" +
+	"\asummary\x18\x0f \x01(\tR\asummary\"$\n" +
+	"\fWatchRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\"\xab\x01\n" +
+	"\n" +
+	"WatchEvent\x12*\n" +
+	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x1a\n" +
+	"\bobserver\x18\x02 \x01(\tR\bobserver\x12%\n" +
+	"\x0eprevious_state\x18\x03 \x01(\tR\rpreviousState\x12.\n" +
+	"\x06health\x18\x04 \x01(\v2\x16.vigil.v1.MemberHealthR\x06health\"A\n" +
 	"\x11PauseGroupRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"Q\n" +
@@ -761,7 +1182,7 @@ const file_vigil_v1_admin_proto_rawDesc = "" +
 	"\x05group\x18\x01 \x01(\tR\x05group\"R\n" +
 	"\x13ResumeGroupResponse\x12%\n" +
 	"\x05group\x18\x01 \x01(\v2\x0f.vigil.v1.GroupR\x05group\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index2\xe5\x02\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index2\x9e\x03\n" +
 	"\x05Admin\x12;\n" +
 	"\x06Status\x12\x17.vigil.v1.StatusRequest\x1a\x18.vigil.v1.StatusResponse\x12G\n" +
 	"\n" +
@@ -769,7 +1190,8 @@ const file_vigil_v1_admin_proto_rawDesc = "" +
 	"\bGetGroup\x12\x19.vigil.v1.GetGroupRequest\x1a\x1a.vigil.v1.GetGroupResponse\x12G\n" +
 	"\n" +
 	"PauseGroup\x12\x1b.vigil.v1.PauseGroupRequest\x1a\x1c.vigil.v1.PauseGroupResponse\x12J\n" +
-	"\vResumeGroup\x12\x1c.vigil.v1.ResumeGroupRequest\x1a\x1d.vigil.v1.ResumeGroupResponseB1Z/github.com/vigilha/vigil/proto/vigil/v1;vigilv1b\x06proto3"
+	"\vResumeGroup\x12\x1c.vigil.v1.ResumeGroupRequest\x1a\x1d.vigil.v1.ResumeGroupResponse\x127\n" +
+	"\x05Watch\x12\x16.vigil.v1.WatchRequest\x1a\x14.vigil.v1.WatchEvent0\x01B1Z/github.com/vigilha/vigil/proto/vigil/v1;vigilv1b\x06proto3"
 
 var (
 	file_vigil_v1_admin_proto_rawDescOnce sync.Once
@@ -783,42 +1205,55 @@ func file_vigil_v1_admin_proto_rawDescGZIP() []byte {
 	return file_vigil_v1_admin_proto_rawDescData
 }
 
-var file_vigil_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_vigil_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_vigil_v1_admin_proto_goTypes = []any{
-	(*StatusRequest)(nil),       // 0: vigil.v1.StatusRequest
-	(*ObserverStatus)(nil),      // 1: vigil.v1.ObserverStatus
-	(*StatusResponse)(nil),      // 2: vigil.v1.StatusResponse
-	(*ListGroupsRequest)(nil),   // 3: vigil.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),  // 4: vigil.v1.ListGroupsResponse
-	(*GetGroupRequest)(nil),     // 5: vigil.v1.GetGroupRequest
-	(*GetGroupResponse)(nil),    // 6: vigil.v1.GetGroupResponse
-	(*PauseGroupRequest)(nil),   // 7: vigil.v1.PauseGroupRequest
-	(*PauseGroupResponse)(nil),  // 8: vigil.v1.PauseGroupResponse
-	(*ResumeGroupRequest)(nil),  // 9: vigil.v1.ResumeGroupRequest
-	(*ResumeGroupResponse)(nil), // 10: vigil.v1.ResumeGroupResponse
-	(*Group)(nil),               // 11: vigil.v1.Group
+	(*StatusRequest)(nil),         // 0: vigil.v1.StatusRequest
+	(*ObserverStatus)(nil),        // 1: vigil.v1.ObserverStatus
+	(*StatusResponse)(nil),        // 2: vigil.v1.StatusResponse
+	(*ListGroupsRequest)(nil),     // 3: vigil.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),    // 4: vigil.v1.ListGroupsResponse
+	(*GetGroupRequest)(nil),       // 5: vigil.v1.GetGroupRequest
+	(*GetGroupResponse)(nil),      // 6: vigil.v1.GetGroupResponse
+	(*ObserverVote)(nil),          // 7: vigil.v1.ObserverVote
+	(*MemberHealth)(nil),          // 8: vigil.v1.MemberHealth
+	(*WatchRequest)(nil),          // 9: vigil.v1.WatchRequest
+	(*WatchEvent)(nil),            // 10: vigil.v1.WatchEvent
+	(*PauseGroupRequest)(nil),     // 11: vigil.v1.PauseGroupRequest
+	(*PauseGroupResponse)(nil),    // 12: vigil.v1.PauseGroupResponse
+	(*ResumeGroupRequest)(nil),    // 13: vigil.v1.ResumeGroupRequest
+	(*ResumeGroupResponse)(nil),   // 14: vigil.v1.ResumeGroupResponse
+	(*Group)(nil),                 // 15: vigil.v1.Group
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
 }
 var file_vigil_v1_admin_proto_depIdxs = []int32{
 	1,  // 0: vigil.v1.StatusResponse.observers:type_name -> vigil.v1.ObserverStatus
-	11, // 1: vigil.v1.ListGroupsResponse.groups:type_name -> vigil.v1.Group
-	11, // 2: vigil.v1.GetGroupResponse.group:type_name -> vigil.v1.Group
-	11, // 3: vigil.v1.PauseGroupResponse.group:type_name -> vigil.v1.Group
-	11, // 4: vigil.v1.ResumeGroupResponse.group:type_name -> vigil.v1.Group
-	0,  // 5: vigil.v1.Admin.Status:input_type -> vigil.v1.StatusRequest
-	3,  // 6: vigil.v1.Admin.ListGroups:input_type -> vigil.v1.ListGroupsRequest
-	5,  // 7: vigil.v1.Admin.GetGroup:input_type -> vigil.v1.GetGroupRequest
-	7,  // 8: vigil.v1.Admin.PauseGroup:input_type -> vigil.v1.PauseGroupRequest
-	9,  // 9: vigil.v1.Admin.ResumeGroup:input_type -> vigil.v1.ResumeGroupRequest
-	2,  // 10: vigil.v1.Admin.Status:output_type -> vigil.v1.StatusResponse
-	4,  // 11: vigil.v1.Admin.ListGroups:output_type -> vigil.v1.ListGroupsResponse
-	6,  // 12: vigil.v1.Admin.GetGroup:output_type -> vigil.v1.GetGroupResponse
-	8,  // 13: vigil.v1.Admin.PauseGroup:output_type -> vigil.v1.PauseGroupResponse
-	10, // 14: vigil.v1.Admin.ResumeGroup:output_type -> vigil.v1.ResumeGroupResponse
-	10, // [10:15] is the sub-list for method output_type
-	5,  // [5:10] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	15, // 1: vigil.v1.ListGroupsResponse.groups:type_name -> vigil.v1.Group
+	15, // 2: vigil.v1.GetGroupResponse.group:type_name -> vigil.v1.Group
+	8,  // 3: vigil.v1.GetGroupResponse.health:type_name -> vigil.v1.MemberHealth
+	16, // 4: vigil.v1.MemberHealth.down_since:type_name -> google.protobuf.Timestamp
+	16, // 5: vigil.v1.MemberHealth.odown_since:type_name -> google.protobuf.Timestamp
+	7,  // 6: vigil.v1.MemberHealth.votes:type_name -> vigil.v1.ObserverVote
+	16, // 7: vigil.v1.WatchEvent.at:type_name -> google.protobuf.Timestamp
+	8,  // 8: vigil.v1.WatchEvent.health:type_name -> vigil.v1.MemberHealth
+	15, // 9: vigil.v1.PauseGroupResponse.group:type_name -> vigil.v1.Group
+	15, // 10: vigil.v1.ResumeGroupResponse.group:type_name -> vigil.v1.Group
+	0,  // 11: vigil.v1.Admin.Status:input_type -> vigil.v1.StatusRequest
+	3,  // 12: vigil.v1.Admin.ListGroups:input_type -> vigil.v1.ListGroupsRequest
+	5,  // 13: vigil.v1.Admin.GetGroup:input_type -> vigil.v1.GetGroupRequest
+	11, // 14: vigil.v1.Admin.PauseGroup:input_type -> vigil.v1.PauseGroupRequest
+	13, // 15: vigil.v1.Admin.ResumeGroup:input_type -> vigil.v1.ResumeGroupRequest
+	9,  // 16: vigil.v1.Admin.Watch:input_type -> vigil.v1.WatchRequest
+	2,  // 17: vigil.v1.Admin.Status:output_type -> vigil.v1.StatusResponse
+	4,  // 18: vigil.v1.Admin.ListGroups:output_type -> vigil.v1.ListGroupsResponse
+	6,  // 19: vigil.v1.Admin.GetGroup:output_type -> vigil.v1.GetGroupResponse
+	12, // 20: vigil.v1.Admin.PauseGroup:output_type -> vigil.v1.PauseGroupResponse
+	14, // 21: vigil.v1.Admin.ResumeGroup:output_type -> vigil.v1.ResumeGroupResponse
+	10, // 22: vigil.v1.Admin.Watch:output_type -> vigil.v1.WatchEvent
+	17, // [17:23] is the sub-list for method output_type
+	11, // [11:17] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_vigil_v1_admin_proto_init() }
@@ -833,7 +1268,7 @@ func file_vigil_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vigil_v1_admin_proto_rawDesc), len(file_vigil_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,7 @@ const (
 	Admin_GetGroup_FullMethodName    = "/vigil.v1.Admin/GetGroup"
 	Admin_PauseGroup_FullMethodName  = "/vigil.v1.Admin/PauseGroup"
 	Admin_ResumeGroup_FullMethodName = "/vigil.v1.Admin/ResumeGroup"
+	Admin_Watch_FullMethodName       = "/vigil.v1.Admin/Watch"
 )
 
 // AdminClient is the client API for Admin service.
@@ -46,6 +47,10 @@ type AdminClient interface {
 	PauseGroup(ctx context.Context, in *PauseGroupRequest, opts ...grpc.CallOption) (*PauseGroupResponse, error)
 	// ResumeGroup ends maintenance of a group.
 	ResumeGroup(ctx context.Context, in *ResumeGroupRequest, opts ...grpc.CallOption) (*ResumeGroupResponse, error)
+	// Watch streams changes of the members' aggregate health (UP, SDOWN,
+	// ODOWN) as computed by the answering observer; the current state of
+	// every member is sent first.
+	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEvent], error)
 }
 
 type adminClient struct {
@@ -106,6 +111,25 @@ func (c *adminClient) ResumeGroup(ctx context.Context, in *ResumeGroupRequest, o
 	return out, nil
 }
 
+func (c *adminClient) Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEvent], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Admin_ServiceDesc.Streams[0], Admin_Watch_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchRequest, WatchEvent]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Admin_WatchClient = grpc.ServerStreamingClient[WatchEvent]
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -124,6 +148,10 @@ type AdminServer interface {
 	PauseGroup(context.Context, *PauseGroupRequest) (*PauseGroupResponse, error)
 	// ResumeGroup ends maintenance of a group.
 	ResumeGroup(context.Context, *ResumeGroupRequest) (*ResumeGroupResponse, error)
+	// Watch streams changes of the members' aggregate health (UP, SDOWN,
+	// ODOWN) as computed by the answering observer; the current state of
+	// every member is sent first.
+	Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -148,6 +176,9 @@ func (UnimplementedAdminServer) PauseGroup(context.Context, *PauseGroupRequest) 
 }
 func (UnimplementedAdminServer) ResumeGroup(context.Context, *ResumeGroupRequest) (*ResumeGroupResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ResumeGroup not implemented")
+}
+func (UnimplementedAdminServer) Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error {
+	return status.Error(codes.Unimplemented, "method Watch not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -260,6 +291,17 @@ func _Admin_ResumeGroup_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServer).Watch(m, &grpc.GenericServerStream[WatchRequest, WatchEvent]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Admin_WatchServer = grpc.ServerStreamingServer[WatchEvent]
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -288,6 +330,12 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Admin_ResumeGroup_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Watch",
+			Handler:       _Admin_Watch_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "vigil/v1/admin.proto",
 }

@@ -1,0 +1,476 @@
+package health
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	vigilv1 "github.com/vigilha/vigil/proto/vigil/v1"
+)
+
+// Member states as shown to operators.
+const (
+	StateUnknown = "unknown"
+	StateUp      = "up"
+	StateSDown   = "sdown"
+	StateODown   = "odown"
+)
+
+// MonitorConfig configures one observer's health pipeline.
+type MonitorConfig struct {
+	// Self is this observer's id; Observers the configured ids (Self too).
+	Self      string
+	Observers []string
+	// Quorum of down votes for ODOWN; raised to a majority if lower.
+	Quorum int
+	// Send delivers one packet to every other observer (gossip). It must
+	// not block for long.
+	Send func(packet []byte)
+	// FlushInterval is how often changed own votes are sent (default 100ms).
+	FlushInterval time.Duration
+	// EvalInterval is how often every member is re-aggregated (default 100ms).
+	EvalInterval time.Duration
+	Logger       *slog.Logger
+	Registerer   prometheus.Registerer
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// GroupPlan is what to probe in one group and how to judge it.
+type GroupPlan struct {
+	Name string
+	// Primary is the member the replicated state holds as primary.
+	Primary    string
+	DownAfter  time.Duration
+	StaleAfter time.Duration
+	Members    []MemberPlan
+}
+
+// MemberPlan is one member to probe.
+type MemberPlan struct {
+	Name              string
+	Interval, Timeout time.Duration
+	// ProberKey identifies the probe settings; the prober is rebuilt only
+	// when it changes, so unrelated updates do not restart probing.
+	ProberKey string
+	NewProber func() Prober
+}
+
+// Change is one member's aggregate state moving (or its first evaluation,
+// with an empty Previous).
+type Change struct {
+	At       time.Time
+	Previous string
+	Health   *vigilv1.MemberHealth
+}
+
+type memberEval struct {
+	state  MemberState
+	health *vigilv1.MemberHealth
+}
+
+// Monitor probes members, keeps this observer's votes and those gossiped
+// by the others, and aggregates them into UP / SDOWN / ODOWN. The same
+// aggregation runs on every observer.
+type Monitor struct {
+	cfg    MonitorConfig
+	now    func() time.Time
+	log    *slog.Logger
+	book   *VoteBook
+	runner *Runner
+	m      *monitorMetrics
+
+	mu      sync.Mutex
+	plans   map[string]GroupPlan
+	probers map[memberKey]proberEntry
+	evals   map[memberKey]*memberEval
+	lastSeq uint64
+	dirty   map[memberKey]Vote
+	ownRes  map[memberKey]Result
+	subs    map[int]chan Change
+	nextSub int
+}
+
+type proberEntry struct {
+	key    string
+	prober Prober
+}
+
+// NewMonitor returns a Monitor with no groups; call SetGroups and Run.
+func NewMonitor(cfg MonitorConfig) (*Monitor, error) {
+	if cfg.FlushInterval <= 0 {
+		cfg.FlushInterval = 100 * time.Millisecond
+	}
+	if cfg.EvalInterval <= 0 {
+		cfg.EvalInterval = 100 * time.Millisecond
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Send == nil {
+		return nil, errors.New("health monitor: no Send function")
+	}
+	p := Params{Observers: cfg.Observers, Quorum: cfg.Quorum, StaleAfter: time.Second}
+	if err := p.Validate(); err != nil {
+		return nil, fmt.Errorf("health monitor: %w", err)
+	}
+	m := &Monitor{
+		cfg: cfg, now: cfg.Now, log: cfg.Logger, book: NewVoteBook(),
+		plans: map[string]GroupPlan{}, probers: map[memberKey]proberEntry{}, evals: map[memberKey]*memberEval{},
+		dirty: map[memberKey]Vote{}, ownRes: map[memberKey]Result{}, subs: map[int]chan Change{},
+	}
+	var err error
+	if m.m, err = newMonitorMetrics(cfg.Registerer); err != nil {
+		return nil, err
+	}
+	m.runner = NewRunner(nil, m.observe, cfg.Logger)
+	return m, nil
+}
+
+// SetGroups replaces what is probed and how it is judged. Members that
+// disappear are forgotten; probers whose settings did not change keep
+// running undisturbed.
+func (m *Monitor) SetGroups(plans []GroupPlan) error {
+	m.mu.Lock()
+	var targets []Target
+	keep := map[memberKey]bool{}
+	newPlans := map[string]GroupPlan{}
+	for _, g := range plans {
+		newPlans[g.Name] = g
+		for _, mp := range g.Members {
+			k := memberKey{g.Name, mp.Name}
+			keep[k] = true
+			pe, ok := m.probers[k]
+			if !ok || pe.key != mp.ProberKey {
+				pe = proberEntry{key: mp.ProberKey, prober: mp.NewProber()}
+				m.probers[k] = pe
+			}
+			targets = append(targets, Target{Group: g.Name, Member: mp.Name, Interval: mp.Interval, Timeout: mp.Timeout, Prober: pe.prober})
+		}
+	}
+	var gone []memberKey
+	for k := range m.probers {
+		if !keep[k] {
+			gone = append(gone, k)
+			delete(m.probers, k)
+			delete(m.evals, k)
+			delete(m.dirty, k)
+			delete(m.ownRes, k)
+		}
+	}
+	m.plans = newPlans
+	m.mu.Unlock()
+	for _, k := range gone {
+		m.book.ForgetMember(k.group, k.member)
+		m.m.forgetMember(k.group, k.member, m.cfg.Observers)
+	}
+	if err := m.runner.Update(targets); err != nil {
+		return fmt.Errorf("update probe targets: %w", err)
+	}
+	return nil
+}
+
+// observe turns a local probe result into this observer's vote.
+func (m *Monitor) observe(t Target, r Result) {
+	m.m.observeProbe(t.Group, t.Member, r)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	k := memberKey{t.Group, t.Member}
+	if _, ok := m.probers[k]; !ok {
+		return // removed meanwhile
+	}
+	// Sequences come from the wall clock so they keep growing across
+	// restarts, and are strictly increasing within this process.
+	seq := uint64(m.now().UnixNano())
+	if seq <= m.lastSeq {
+		seq = m.lastSeq + 1
+	}
+	m.lastSeq = seq
+	v := VoteFromResult(m.cfg.Self, t.Group, t.Member, r, seq)
+	m.book.Put(v)
+	m.dirty[k] = v
+	m.ownRes[k] = r
+}
+
+// Receive handles one gossip packet from another observer. Malformed,
+// oversized, foreign or echoed packets are counted and dropped.
+func (m *Monitor) Receive(packet []byte) {
+	obs, votes, err := DecodeVotes(packet, m.now())
+	switch {
+	case errors.Is(err, ErrOversized):
+		m.m.dropped.WithLabelValues("oversized").Inc()
+		return
+	case err != nil:
+		m.m.dropped.WithLabelValues("malformed").Inc()
+		m.log.Debug("dropped malformed vote packet", "err", err)
+		return
+	case obs == m.cfg.Self:
+		m.m.dropped.WithLabelValues("self").Inc()
+		return
+	case !contains(m.cfg.Observers, obs):
+		m.m.dropped.WithLabelValues("unknown_observer").Inc()
+		return
+	}
+	m.m.packetsReceived.Inc()
+	for _, v := range votes {
+		if m.book.Put(v) {
+			m.m.votesReceived.Inc()
+		} else {
+			m.m.dropped.WithLabelValues("stale_sequence").Inc()
+		}
+	}
+}
+
+// Forget drops every vote of an observer that left the cluster.
+func (m *Monitor) Forget(observer string) {
+	if observer != m.cfg.Self {
+		m.book.Forget(observer)
+	}
+}
+
+// Run probes, sends and aggregates until ctx is cancelled.
+func (m *Monitor) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); m.every(ctx, m.cfg.FlushInterval, m.flush) }()
+	go func() { defer wg.Done(); m.every(ctx, m.cfg.EvalInterval, m.evaluate) }()
+	err := m.runner.Run(ctx)
+	wg.Wait()
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+func (m *Monitor) every(ctx context.Context, d time.Duration, f func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f()
+		}
+	}
+}
+
+// flush sends the own votes that changed (or were refreshed by a new
+// probe) since the last flush.
+func (m *Monitor) flush() {
+	m.mu.Lock()
+	if len(m.dirty) == 0 {
+		m.mu.Unlock()
+		return
+	}
+	votes := make([]Vote, 0, len(m.dirty))
+	for _, v := range m.dirty {
+		votes = append(votes, v)
+	}
+	clear(m.dirty)
+	m.mu.Unlock()
+	packets, err := EncodeVotes(m.cfg.Self, votes, m.now())
+	if err != nil {
+		m.log.Error("encode votes", "err", err)
+		return
+	}
+	for _, p := range packets {
+		m.cfg.Send(p)
+	}
+	m.m.packetsSent.Add(float64(len(packets)))
+	m.m.votesSent.Add(float64(len(votes)))
+}
+
+// evaluate aggregates every member and publishes state changes.
+func (m *Monitor) evaluate() {
+	now := m.now()
+	m.mu.Lock()
+	var changes []Change
+	for _, g := range m.plans {
+		params := Params{Observers: m.cfg.Observers, Quorum: m.cfg.Quorum, StaleAfter: g.StaleAfter, DownAfter: g.DownAfter}
+		for _, mp := range g.Members {
+			k := memberKey{g.Name, mp.Name}
+			votes := m.book.Votes(g.Name, mp.Name)
+			ev := m.evals[k]
+			var prev MemberState
+			prevState := ""
+			if ev != nil {
+				prev = ev.state
+				prevState = ev.health.GetState()
+			}
+			st := Aggregate(m.cfg.Self, votes, params, prev, now)
+			h := m.memberHealth(g, mp.Name, st, votes, params, now)
+			m.evals[k] = &memberEval{state: st, health: h}
+			m.m.observeEval(h, votes, params, now)
+			if h.GetState() != prevState {
+				changes = append(changes, Change{At: now, Previous: prevState, Health: h})
+			}
+		}
+	}
+	subs := make([]chan Change, 0, len(m.subs))
+	for _, ch := range m.subs {
+		subs = append(subs, ch)
+	}
+	m.mu.Unlock()
+	for _, c := range changes {
+		if c.Previous != "" {
+			m.log.Info("member state changed", "group", c.Health.GetGroup(), "member", c.Health.GetMember(),
+				"from", c.Previous, "to", c.Health.GetState(), "summary", c.Health.GetSummary())
+		}
+		for _, ch := range subs {
+			select {
+			case ch <- c:
+			default:
+				m.m.watchDropped.Inc()
+			}
+		}
+	}
+}
+
+func (m *Monitor) memberHealth(g GroupPlan, member string, st MemberState, votes []Vote, p Params, now time.Time) *vigilv1.MemberHealth {
+	h := &vigilv1.MemberHealth{
+		Group: g.Name, Member: member,
+		DownVotes: int32(st.DownVotes), UpVotes: int32(st.UpVotes),
+		Observers: int32(len(p.Observers)), Quorum: int32(st.Quorum),
+		Sdown: st.SDown, Odown: st.ODown, ExpectedRole: RoleStandby.String(), RoleSeen: RoleUnknown.String(),
+	}
+	if member == g.Primary {
+		h.ExpectedRole = RolePrimary.String()
+	}
+	if !st.DownSince.IsZero() {
+		h.DownSince = timestamppb.New(st.DownSince)
+	}
+	if st.ODown {
+		h.OdownSince = timestamppb.New(st.ODownSince)
+	}
+	byObs := map[string]Vote{}
+	for _, v := range votes {
+		byObs[v.Observer] = v
+	}
+	for _, o := range p.Observers {
+		ov := &vigilv1.ObserverVote{Observer: o, Verdict: "none", Role: RoleUnknown.String(), AgeMs: -1}
+		if v, ok := byObs[o]; ok {
+			ov.AgeMs = now.Sub(v.ObservedAt).Milliseconds()
+			ov.Fresh = fresh(v.ObservedAt, now, p.StaleAfter)
+			ov.Verdict = v.Verdict.String()
+			ov.Role = v.Role.String()
+			ov.WalLsn = v.ReplayLSN
+			ov.LagBytes = v.LagBytes
+			if o == m.cfg.Self {
+				h.RoleSeen = v.Role.String()
+			}
+		}
+		h.Votes = append(h.Votes, ov)
+	}
+	switch {
+	case st.ODown:
+		h.State = StateODown
+		h.Summary = fmt.Sprintf("ODOWN since %s (down on %d of %d, quorum %d)", st.ODownSince.UTC().Format("15:04:05.000"), st.DownVotes, len(p.Observers), st.Quorum)
+	case st.SDown || st.DownVotes > 0:
+		h.State = StateSDown
+		h.Summary = fmt.Sprintf("SDOWN on %d of %d (quorum %d)", st.DownVotes, len(p.Observers), st.Quorum)
+		if !st.SDown {
+			// Others see it down, this observer does not: still not ODOWN.
+			h.Summary = fmt.Sprintf("down on %d of %d (quorum %d), up here", st.DownVotes, len(p.Observers), st.Quorum)
+		}
+	case st.UpVotes > 0:
+		h.State = StateUp
+		h.Summary = fmt.Sprintf("UP on %d of %d", st.UpVotes, len(p.Observers))
+	default:
+		h.State = StateUnknown
+		h.Summary = "no fresh votes"
+	}
+	if h.RoleSeen != RoleUnknown.String() && h.RoleSeen != h.ExpectedRole && h.State == StateUp {
+		h.Summary += fmt.Sprintf("; seen as %s, expected %s", h.RoleSeen, h.ExpectedRole)
+	}
+	return h
+}
+
+// Health returns the latest aggregate of every member of a group (all
+// groups when group is empty), sorted by group and member.
+func (m *Monitor) Health(group string) []*vigilv1.MemberHealth {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []*vigilv1.MemberHealth
+	for k, ev := range m.evals {
+		if group == "" || k.group == group {
+			out = append(out, ev.health)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].GetGroup() != out[j].GetGroup() {
+			return out[i].GetGroup() < out[j].GetGroup()
+		}
+		return out[i].GetMember() < out[j].GetMember()
+	})
+	return out
+}
+
+// ODown reports whether a member is objectively down now, and since when.
+func (m *Monitor) ODown(group, member string) (bool, time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ev, ok := m.evals[memberKey{group, member}]
+	if !ok || !ev.state.ODown {
+		return false, time.Time{}
+	}
+	return true, ev.state.ODownSince
+}
+
+// Votes returns every observer's latest vote about a member.
+func (m *Monitor) Votes(group, member string) []Vote { return m.book.Votes(group, member) }
+
+// LastResult returns this observer's latest probe result for a member.
+func (m *Monitor) LastResult(group, member string) (Result, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, ok := m.ownRes[memberKey{group, member}]
+	return r, ok
+}
+
+// Subscribe returns a channel of state changes, primed with the current
+// state of every member; cancel ends the subscription. A subscriber that
+// does not keep up loses changes (counted), it never slows aggregation.
+func (m *Monitor) Subscribe(buffer int) (<-chan Change, func()) {
+	if buffer < 16 {
+		buffer = 16
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	initial := make([]Change, 0, len(m.evals))
+	for _, ev := range m.evals {
+		initial = append(initial, Change{At: now, Health: ev.health})
+	}
+	ch := make(chan Change, buffer+len(initial))
+	for _, c := range initial {
+		ch <- c
+	}
+	id := m.nextSub
+	m.nextSub++
+	m.subs[id] = ch
+	return ch, func() {
+		m.mu.Lock()
+		delete(m.subs, id)
+		m.mu.Unlock()
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
