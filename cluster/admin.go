@@ -150,7 +150,7 @@ func (s *adminServer) GetGroup(ctx context.Context, req *vigilv1.GetGroupRequest
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "group %q not found", req.GetName())
 	}
-	return &vigilv1.GetGroupResponse{Group: g, AppliedIndex: s.o.fsm.AppliedIndex(), Health: s.o.monitor.Health(req.GetName())}, nil
+	return &vigilv1.GetGroupResponse{Group: g, AppliedIndex: s.o.fsm.AppliedIndex(), Health: s.o.monitor.Health(req.GetName()), AnsweredBy: s.o.cfg.NodeID}, nil
 }
 
 // Watch streams this observer's health changes: first the current state of

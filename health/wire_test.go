@@ -63,17 +63,17 @@ func TestDecodeRejectsBadPackets(t *testing.T) {
 		pkt  []byte
 		want error
 	}{
-		"garbage":          {[]byte{0xff, 0xff, 0x01}, ErrMalformed},
-		"oversized":        {make([]byte, maxAcceptedBytes+1), ErrOversized},
-		"no observer":      {mk(func(b *vigilv1.VoteBatch) { b.Observer = "" }), ErrMalformed},
-		"bad observer":     {mk(func(b *vigilv1.VoteBatch) { b.Observer = "OBS 1\x00" }), ErrMalformed},
-		"long member":      {mk(func(b *vigilv1.VoteBatch) { b.Votes[0].Member = string(make([]byte, 64)) }), ErrMalformed},
-		"unknown verdict":  {mk(func(b *vigilv1.VoteBatch) { b.Votes[0].Verdict = 7 }), ErrMalformed},
-		"unknown role":     {mk(func(b *vigilv1.VoteBatch) { b.Votes[0].Role = 9 }), ErrMalformed},
-		"zero sequence":    {mk(func(b *vigilv1.VoteBatch) { b.Votes[0].Sequence = 0 }), ErrMalformed},
-		"negative lag":     {mk(func(b *vigilv1.VoteBatch) { b.Votes[0].LagBytes = -1 }), ErrMalformed},
-		"absurd age":       {mk(func(b *vigilv1.VoteBatch) { b.Votes[0].AgeMs = 1 << 31 }), ErrMalformed},
-		"one bad of many":  {mk(func(b *vigilv1.VoteBatch) { b.Votes = append(b.Votes, &vigilv1.WireVote{Group: "g"}) }), ErrMalformed},
+		"garbage":         {[]byte{0xff, 0xff, 0x01}, ErrMalformed},
+		"oversized":       {make([]byte, maxAcceptedBytes+1), ErrOversized},
+		"no observer":     {mk(func(b *vigilv1.VoteBatch) { b.Observer = "" }), ErrMalformed},
+		"bad observer":    {mk(func(b *vigilv1.VoteBatch) { b.Observer = "OBS 1\x00" }), ErrMalformed},
+		"long member":     {mk(func(b *vigilv1.VoteBatch) { b.Votes[0].Member = string(make([]byte, 64)) }), ErrMalformed},
+		"unknown verdict": {mk(func(b *vigilv1.VoteBatch) { b.Votes[0].Verdict = 7 }), ErrMalformed},
+		"unknown role":    {mk(func(b *vigilv1.VoteBatch) { b.Votes[0].Role = 9 }), ErrMalformed},
+		"zero sequence":   {mk(func(b *vigilv1.VoteBatch) { b.Votes[0].Sequence = 0 }), ErrMalformed},
+		"negative lag":    {mk(func(b *vigilv1.VoteBatch) { b.Votes[0].LagBytes = -1 }), ErrMalformed},
+		"absurd age":      {mk(func(b *vigilv1.VoteBatch) { b.Votes[0].AgeMs = 1 << 31 }), ErrMalformed},
+		"one bad of many": {mk(func(b *vigilv1.VoteBatch) { b.Votes = append(b.Votes, &vigilv1.WireVote{Group: "g"}) }), ErrMalformed},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -225,3 +225,12 @@ func (pc *ProcCluster) Index(id string) int {
 	}
 	return -1
 }
+
+// PID is observer i's process id (0 when not running).
+func (pc *ProcCluster) PID(i int) int {
+	p := pc.procs[i]
+	if p == nil || p.exited() {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}

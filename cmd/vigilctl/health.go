@@ -69,11 +69,11 @@ func printHealth(w io.Writer, hs []*vigilv1.MemberHealth, by string, now time.Ti
 	return t.flush()
 }
 
-// stateLabel is a member state as shown to operators: UP, SDOWN, ODOWN or
-// UNKNOWN (also for an empty state).
+// stateLabel is a member state as shown to operators, sanitized: UP,
+// SDOWN, ODOWN or UNKNOWN (also for an empty state).
 func stateLabel(s string) string {
-	s = strings.TrimSpace(s)
-	if s == "" {
+	s = strings.TrimSpace(cell(s))
+	if s == none {
 		return "UNKNOWN"
 	}
 	return strings.ToUpper(s)

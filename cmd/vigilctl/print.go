@@ -199,7 +199,7 @@ func printGroup(w io.Writer, r *vigilv1.GetGroupResponse, now time.Time) error {
 	}
 
 	// GetGroupResponse does not name the observer that answered.
-	if err := printHealth(w, r.GetHealth(), "", now); err != nil {
+	if err := printHealth(w, r.GetHealth(), r.GetAnsweredBy(), now); err != nil {
 		return err
 	}
 

@@ -160,9 +160,9 @@ func formatEvent(ev *vigilv1.WatchEvent, now time.Time) string {
 		at = ev.GetAt().AsTime()
 	}
 	h := ev.GetHealth()
-	change := "-> " + stateLabel(cell(h.GetState()))
+	change := "-> " + stateLabel(h.GetState())
 	if prev := ev.GetPreviousState(); prev != "" {
-		change = stateLabel(cell(prev)) + " " + change
+		change = stateLabel(prev) + " " + change
 	}
 	line := fmt.Sprintf("%s  %s/%s  %s  (down %d of %d, quorum %d)",
 		at.UTC().Format(eventTime), cell(h.GetGroup()), cell(h.GetMember()), change,

@@ -303,23 +303,45 @@ func children(pid int) []int {
 }
 
 // stopTree freezes a postmaster and all its children: the postmaster
-// first, so that it forks nothing new meanwhile.
+// first, so that it forks nothing new meanwhile. Signals are delivered
+// asynchronously, so it waits until every process is really stopped.
 func stopTree(pid int) error {
 	if err := signalPID(pid, syscall.SIGSTOP); err != nil {
 		return err
 	}
-	for _, c := range children(pid) {
+	pids := append(children(pid), pid)
+	for _, c := range pids[:len(pids)-1] {
 		_ = signalPID(c, syscall.SIGSTOP)
 	}
-	return nil
+	return waitState(pids, true)
 }
 
-// contTree resumes a postmaster and all its children.
+// contTree resumes a postmaster and all its children, and waits until
+// none of them is stopped any more.
 func contTree(pid int) error {
-	for _, c := range children(pid) {
+	pids := append(children(pid), pid)
+	for _, c := range pids {
 		_ = signalPID(c, syscall.SIGCONT)
 	}
-	return signalPID(pid, syscall.SIGCONT)
+	return waitState(pids, false)
+}
+
+// waitState waits until each of pids is stopped (or not), or gone.
+func waitState(pids []int, stopped bool) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for _, p := range pids {
+		for {
+			state, _, ok := procStat(p)
+			if !ok || state == 'Z' || state == 'X' || (state == 'T') == stopped {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("pglab: process %d still in state %q", p, state)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	return nil
 }
 
 // killTree SIGKILLs a postmaster and all its children and returns their

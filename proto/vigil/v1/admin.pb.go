@@ -461,7 +461,9 @@ type GetGroupResponse struct {
 	Group        *Group                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
 	AppliedIndex uint64                 `protobuf:"varint,2,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
 	// Health of each member as the answering observer aggregates it.
-	Health        []*MemberHealth `protobuf:"bytes,3,rep,name=health,proto3" json:"health,omitempty"`
+	Health []*MemberHealth `protobuf:"bytes,3,rep,name=health,proto3" json:"health,omitempty"`
+	// The observer that answered (and aggregated the health).
+	AnsweredBy    string `protobuf:"bytes,4,opt,name=answered_by,json=answeredBy,proto3" json:"answered_by,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -515,6 +517,13 @@ func (x *GetGroupResponse) GetHealth() []*MemberHealth {
 		return x.Health
 	}
 	return nil
+}
+
+func (x *GetGroupResponse) GetAnsweredBy() string {
+	if x != nil {
+		return x.AnsweredBy
+	}
+	return ""
 }
 
 // ObserverVote is one observer's latest vote about a member.
@@ -1131,11 +1140,13 @@ const file_vigil_v1_admin_proto_rawDesc = "" +
 	"\x06groups\x18\x01 \x03(\v2\x0f.vigil.v1.GroupR\x06groups\x12#\n" +
 	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\"%\n" +
 	"\x0fGetGroupRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x8e\x01\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\xaf\x01\n" +
 	"\x10GetGroupResponse\x12%\n" +
 	"\x05group\x18\x01 \x01(\v2\x0f.vigil.v1.GroupR\x05group\x12#\n" +
 	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12.\n" +
-	"\x06health\x18\x03 \x03(\v2\x16.vigil.v1.MemberHealthR\x06health\"\xbb\x01\n" +
+	"\x06health\x18\x03 \x03(\v2\x16.vigil.v1.MemberHealthR\x06health\x12\x1f\n" +
+	"\vanswered_by\x18\x04 \x01(\tR\n" +
+	"answeredBy\"\xbb\x01\n" +
 	"\fObserverVote\x12\x1a\n" +
 	"\bobserver\x18\x01 \x01(\tR\bobserver\x12\x18\n" +
 	"\averdict\x18\x02 \x01(\tR\averdict\x12\x12\n" +
