@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/vigilha/vigil/failover"
 	"github.com/vigilha/vigil/fsm"
 	vigilv1 "github.com/vigilha/vigil/proto/vigil/v1"
 )
@@ -150,7 +151,79 @@ func (s *adminServer) GetGroup(ctx context.Context, req *vigilv1.GetGroupRequest
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "group %q not found", req.GetName())
 	}
-	return &vigilv1.GetGroupResponse{Group: g, AppliedIndex: s.o.fsm.AppliedIndex(), Health: s.o.monitor.Health(req.GetName()), AnsweredBy: s.o.cfg.NodeID}, nil
+	resp := &vigilv1.GetGroupResponse{Group: g, AppliedIndex: s.o.fsm.AppliedIndex(), Health: s.o.monitor.Health(req.GetName()),
+		AnsweredBy: s.o.cfg.NodeID, ControllerStatus: s.o.control.Status(req.GetName())}
+	if cands, err := s.o.control.Candidates(req.GetName()); err == nil {
+		for _, c := range cands {
+			resp.Candidates = append(resp.Candidates, &vigilv1.CandidateStatus{Member: c.Name, Eligible: c.Eligible, Reason: c.Reason,
+				Priority: c.Priority, WalLsn: c.LSN, LagBytes: c.LagBytes})
+		}
+	}
+	return resp, nil
+}
+
+func (s *adminServer) Switchover(ctx context.Context, req *vigilv1.SwitchoverRequest) (*vigilv1.FailoverResponse, error) {
+	if err := checkGroupName("group", req.GetGroup()); err != nil {
+		return nil, err
+	}
+	if req.GetTo() != "" {
+		if err := checkGroupName("to", req.GetTo()); err != nil {
+			return nil, err
+		}
+	}
+	if !s.o.IsLeader() {
+		return forward(ctx, s.o, func(ctx context.Context, c vigilv1.AdminClient) (*vigilv1.FailoverResponse, error) {
+			return c.Switchover(ctx, req)
+		})
+	}
+	return s.o.request(ctx, req.GetGroup(), fsm.KindSwitchover, req.GetTo())
+}
+
+func (s *adminServer) Failover(ctx context.Context, req *vigilv1.FailoverRequest) (*vigilv1.FailoverResponse, error) {
+	if err := checkGroupName("group", req.GetGroup()); err != nil {
+		return nil, err
+	}
+	if req.GetTo() == "" {
+		return nil, status.Error(codes.InvalidArgument, "to: required: name the member to promote")
+	}
+	if err := checkGroupName("to", req.GetTo()); err != nil {
+		return nil, err
+	}
+	if !req.GetForce() {
+		return nil, status.Error(codes.InvalidArgument, "force: must be true: a forced failover skips the ODOWN, cooldown and lag checks")
+	}
+	if !s.o.IsLeader() {
+		return forward(ctx, s.o, func(ctx context.Context, c vigilv1.AdminClient) (*vigilv1.FailoverResponse, error) {
+			return c.Failover(ctx, req)
+		})
+	}
+	return s.o.request(ctx, req.GetGroup(), fsm.KindForced, req.GetTo())
+}
+
+// request runs an operator's failover on the leader and maps its errors.
+func (o *Observer) request(ctx context.Context, group, kind, to string) (*vigilv1.FailoverResponse, error) {
+	f, err := o.control.Request(ctx, group, kind, to)
+	switch {
+	case errors.Is(err, failover.ErrNotRunning):
+		return nil, status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, failover.ErrRefused):
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	case err != nil:
+		return nil, toStatus(err)
+	}
+	g, _ := o.fsm.Group(group)
+	return &vigilv1.FailoverResponse{Failover: f, Group: g}, nil
+}
+
+func (s *adminServer) History(ctx context.Context, req *vigilv1.HistoryRequest) (*vigilv1.HistoryResponse, error) {
+	if err := checkGroupName("group", req.GetGroup()); err != nil {
+		return nil, err
+	}
+	g, ok := s.o.fsm.Group(req.GetGroup())
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "group %q not found", req.GetGroup())
+	}
+	return &vigilv1.HistoryResponse{Group: req.GetGroup(), Failovers: g.GetFailovers(), Active: g.GetActiveFailover(), Epoch: g.GetEpoch(), Primary: g.GetPrimary()}, nil
 }
 
 // Watch streams this observer's health changes: first the current state of
@@ -270,7 +343,12 @@ func forward[T any](ctx context.Context, o *Observer, call func(context.Context,
 		o.metrics.forwarded.WithLabelValues("error").Inc()
 		return zero, status.Errorf(codes.Unavailable, "forward to leader %s at %s: %v", leaderID, ob.GRPC, err)
 	}
-	cctx, cancel := context.WithTimeout(ctx, o.cfg.Raft.ApplyTimeout.D()+peerTimeout)
+	// The client's deadline bounds the forwarded call (a switchover waits
+	// for the whole failover); without one, a write gets the commit bound.
+	cctx, cancel := context.WithCancel(ctx)
+	if _, ok := ctx.Deadline(); !ok {
+		cctx, cancel = context.WithTimeout(ctx, o.cfg.Raft.ApplyTimeout.D()+peerTimeout)
+	}
 	defer cancel()
 	cctx = metadata.AppendToOutgoingContext(cctx, forwardedKey, o.cfg.NodeID, "vigil-actor", actorFrom(ctx))
 	resp, err := call(cctx, c)
@@ -308,6 +386,8 @@ func toStatus(err error) error {
 		return status.Error(codes.Unavailable, nl.Error())
 	case errors.Is(err, fsm.ErrGroupNotFound):
 		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, fsm.ErrFailoverConflict):
+		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, fsm.ErrInvalidCommand):
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, raft.ErrEnqueueTimeout):

@@ -23,6 +23,8 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/vigilha/vigil/cluster/config"
+	"github.com/vigilha/vigil/failover"
+	"github.com/vigilha/vigil/failover/hook"
 	"github.com/vigilha/vigil/fsm"
 	"github.com/vigilha/vigil/health"
 )
@@ -39,6 +41,9 @@ type Options struct {
 	// LeaderWork runs on the leader only, after the barrier and config sync,
 	// under a context cancelled the moment leadership is lost.
 	LeaderWork []func(ctx context.Context)
+	// AfterFailoverStep, for tests, runs on the leader right after each
+	// failover step is committed (e.g. to stop a leader mid-failover).
+	AfterFailoverStep func(ctx context.Context, group string, epoch uint64, step string)
 	// Now is the clock for command timestamps; nil means time.Now.
 	Now func() time.Time
 }
@@ -58,6 +63,8 @@ type Observer struct {
 	transport *raft.NetworkTransport
 	gossip    *Gossip
 	monitor   *health.Monitor
+	control   *failover.Controller
+	notifiers []*hook.Notify
 	bgCancel  context.CancelFunc
 
 	grpcServer *grpc.Server
@@ -159,6 +166,16 @@ func New(opts Options) (o *Observer, err error) {
 	}
 	o.gossip.SetHandler(o.monitor.Receive)
 	o.gossip.SetLeaveHandler(o.monitor.Forget)
+
+	acts, notifiers := buildActuators(cfg, logger)
+	o.notifiers = notifiers
+	o.control = failover.NewController(failover.Options{
+		Self: cfg.NodeID, Log: o, State: o.fsm, Health: o.monitor,
+		Actuators: func(group string) (failover.GroupActuators, bool) { a, ok := acts[group]; return a, ok },
+		Logger:    logger.With("component", "failover"), Metrics: failover.NewMetrics(reg), Now: now,
+		AfterStep: opts.AfterFailoverStep,
+	})
+	o.leaderWork = append(o.leaderWork, o.control.Run)
 
 	o.peers = newPeerClients()
 	closers = append(closers, o.peers.close)
@@ -291,6 +308,11 @@ func (o *Observer) Shutdown(ctx context.Context) error {
 		}
 		// monitorLeadership ends with stopCh and cancels leader work.
 		o.wg.Wait()
+		for _, n := range o.notifiers {
+			if err := n.Close(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("wait for notify hooks: %w", err))
+			}
+		}
 		if err := o.store.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close raft store: %w", err))
 		}
@@ -330,6 +352,26 @@ func (o *Observer) Leader() (id, addr string) {
 	a, i := o.raft.LeaderWithID()
 	return string(i), string(a)
 }
+
+// VerifyLeader checks with a quorum that this observer is still the
+// leader; the controller calls it right before fencing and promotion.
+func (o *Observer) VerifyLeader(ctx context.Context) error {
+	f := o.raft.VerifyLeader()
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("verify leadership: %w", err)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("verify leadership: %w", ctx.Err())
+	}
+}
+
+// Controller is the failover controller (active on the leader only).
+func (o *Observer) Controller() *failover.Controller { return o.control }
 
 // Snapshot forces a Raft snapshot now.
 func (o *Observer) Snapshot() error {

@@ -95,6 +95,15 @@ func (f *FSM) Apply(index uint64, data []byte) Result {
 	case *vigilv1.Command_SetPaused:
 		res.Kind = "set_paused"
 		res.Err = f.applySetPaused(index, &cmd, c.SetPaused)
+	case *vigilv1.Command_StartFailover:
+		res.Kind = "start_failover"
+		res.Err = f.applyStartFailover(index, &cmd, c.StartFailover)
+	case *vigilv1.Command_RecordFailoverStep:
+		res.Kind = "record_failover_step"
+		res.Err = f.applyRecordFailoverStep(index, &cmd, c.RecordFailoverStep)
+	case *vigilv1.Command_FinishFailover:
+		res.Kind = "finish_failover"
+		res.Err = f.applyFinishFailover(index, &cmd, c.FinishFailover)
 	default:
 		// A newer observer's command: skippable only when it says so.
 		if cmd.GetIgnoreUnknown() {

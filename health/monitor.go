@@ -96,6 +96,20 @@ type Monitor struct {
 	ownRes  map[memberKey]Result
 	subs    map[int]chan Change
 	nextSub int
+	// primaries remembers, per group, the last primary seen up and how far
+	// its WAL went: after it dies, standbys' lag is measured against it.
+	primaries map[string]PrimaryMemo
+}
+
+// PrimaryMemo is what was last seen of a group's primary while it was up.
+type PrimaryMemo struct {
+	Member string
+	// LSN is the highest WAL position any observer saw it at.
+	LSN uint64
+	// SyncStandbys are the standbys it considered synchronous, as this
+	// observer last saw (nil when unknown or asynchronous).
+	SyncStandbys []string
+	At           time.Time
 }
 
 type proberEntry struct {
@@ -128,6 +142,7 @@ func NewMonitor(cfg MonitorConfig) (*Monitor, error) {
 		cfg: cfg, now: cfg.Now, log: cfg.Logger, book: NewVoteBook(),
 		plans: map[string]GroupPlan{}, probers: map[memberKey]proberEntry{}, evals: map[memberKey]*memberEval{},
 		dirty: map[memberKey]Vote{}, ownRes: map[memberKey]Result{}, subs: map[int]chan Change{},
+		primaries: map[string]PrimaryMemo{},
 	}
 	var err error
 	if m.m, err = newMonitorMetrics(cfg.Registerer); err != nil {
@@ -200,6 +215,32 @@ func (m *Monitor) observe(t Target, r Result) {
 	m.book.Put(v)
 	m.dirty[k] = v
 	m.ownRes[k] = r
+	if r.Verdict == VerdictUp && r.Role == RolePrimary {
+		memo := m.notePrimaryLocked(v)
+		memo.SyncStandbys = append([]string(nil), r.SyncStandbys...)
+		m.primaries[t.Group] = memo
+	}
+}
+
+// notePrimaryLocked updates the group's primary memo from a vote that saw
+// the member up as primary.
+func (m *Monitor) notePrimaryLocked(v Vote) PrimaryMemo {
+	memo := m.primaries[v.Group]
+	if memo.Member != v.Member {
+		memo = PrimaryMemo{Member: v.Member}
+	}
+	memo.LSN = max(memo.LSN, v.ReplayLSN)
+	memo.At = v.ObservedAt
+	m.primaries[v.Group] = memo
+	return memo
+}
+
+// Primary returns what was last seen of a group's primary while it was up.
+func (m *Monitor) Primary(group string) (PrimaryMemo, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p, ok := m.primaries[group]
+	return p, ok
 }
 
 // Receive handles one gossip packet from another observer. Malformed,
@@ -225,6 +266,11 @@ func (m *Monitor) Receive(packet []byte) {
 	for _, v := range votes {
 		if m.book.Put(v) {
 			m.m.votesReceived.Inc()
+			if v.Verdict == VerdictUp && v.Role == RolePrimary {
+				m.mu.Lock()
+				m.notePrimaryLocked(v)
+				m.mu.Unlock()
+			}
 		} else {
 			m.m.dropped.WithLabelValues("stale_sequence").Inc()
 		}

@@ -170,6 +170,8 @@ type Group struct {
 	Probe Probe `yaml:"probe"`
 	// Members are the instances of the group, at least two.
 	Members []Member `yaml:"members"`
+	// Failover configures fencing, promotion and hooks.
+	Failover Failover `yaml:"failover"`
 }
 
 // Probe describes how observers check a member's health.
@@ -311,6 +313,7 @@ func (c *Config) applyDefaults() {
 		if g.Kind == "" {
 			g.Kind = KindPostgres
 		}
+		g.Failover.applyDefaults(g.Kind)
 		p := &g.Probe
 		if p.Type == "" {
 			p.Type = ProbeTCP
@@ -467,6 +470,7 @@ func (c *Config) resolvePaths(dir string) {
 		if pg := c.Groups[i].Probe.Postgres; pg != nil {
 			pg.PasswordFile = abs(pg.PasswordFile)
 		}
+		c.Groups[i].Failover.resolvePaths(dir)
 	}
 }
 

@@ -390,6 +390,7 @@ func (g *Group) validate(v *validator, f string) {
 	v.name(f+".name", g.Name)
 	v.oneOf(f+".kind", g.Kind, groupKinds)
 	intervalOK := g.Probe.validate(v, f+".probe")
+	g.Failover.validate(v, f+".failover", g.Kind)
 	interval := g.Probe.Interval
 
 	if v.positive(f+".down_after", g.DownAfter) && intervalOK && g.DownAfter < interval {

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
@@ -146,6 +148,10 @@ func errMessage(err error) string {
 	if errors.As(err, &ae) {
 		return ae.Error()
 	}
+	var se *sentError
+	if errors.As(err, &se) {
+		return se.Error()
+	}
 	st, ok := status.FromError(err)
 	if !ok {
 		return err.Error()
@@ -162,4 +168,142 @@ func errMessage(err error) string {
 		msg = st.Code().String()
 	}
 	return msg
+}
+
+// invokeOnce makes a call that must reach at most one observer, because
+// repeating it could do its work twice (Switchover and Failover: a second
+// attempt could start a second failover). Unlike invoke it retries only
+// what certainly never reached an observer: each address is connected to
+// in turn, each within --timeout, and one that cannot be connected to is
+// skipped. The request is sent on the first connection that is ready,
+// with the deadline wait, and whatever comes back, an answer or any error
+// (even Unavailable or no answer within wait), is final: the error is a
+// *sentError that names the address.
+func invokeOnce[T any](ctx context.Context, c *client, wait time.Duration, fn func(context.Context, vigilv1.AdminClient) (T, error)) (T, error) {
+	var zero T
+	var failed []attempt
+	for _, addr := range c.addrs {
+		conn, err := connectReady(ctx, addr, c.timeout)
+		if err != nil {
+			if ctx.Err() != nil {
+				return zero, fmt.Errorf("interrupted: %w", ctx.Err())
+			}
+			failed = append(failed, attempt{addr: addr, err: err})
+			continue
+		}
+		resp, err := callOnce(ctx, conn, wait, fn)
+		conn.Close()
+		if err != nil {
+			return zero, &sentError{addr: addr, err: err}
+		}
+		return resp, nil
+	}
+	return zero, &allFailedError{attempts: failed}
+}
+
+// callOnce makes one call on conn with the deadline wait.
+func callOnce[T any](ctx context.Context, conn *grpc.ClientConn, wait time.Duration, fn func(context.Context, vigilv1.AdminClient) (T, error)) (T, error) {
+	var zero T
+	cctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	resp, err := fn(cctx, vigilv1.NewAdminClient(conn))
+	if err == nil {
+		return resp, nil
+	}
+	if ctx.Err() != nil {
+		return zero, fmt.Errorf("interrupted: %w", ctx.Err())
+	}
+	if status.Code(err) == codes.DeadlineExceeded && errors.Is(cctx.Err(), context.DeadlineExceeded) {
+		return zero, status.Errorf(codes.DeadlineExceeded, "no answer within %s", wait)
+	}
+	return zero, err
+}
+
+// sentError is the failure of a call that reached an observer (or may
+// have: the connection was ready when it was made) and is therefore not
+// repeated elsewhere.
+type sentError struct {
+	addr string
+	err  error
+}
+
+func (e *sentError) Error() string { return e.addr + ": " + errMessage(e.err) }
+
+func (e *sentError) Unwrap() error { return e.err }
+
+// refused reports whether the observer turned the request down before
+// acting on it: invalid, unknown group or member, refused by policy. Any
+// other failure (no leader, lost leadership, no answer in time,
+// interrupted) leaves open whether something was done.
+func (e *sentError) refused() bool {
+	switch status.Code(e.err) {
+	case codes.InvalidArgument, codes.NotFound, codes.FailedPrecondition, codes.AlreadyExists,
+		codes.PermissionDenied, codes.Unauthenticated, codes.Unimplemented, codes.OutOfRange:
+		return true
+	}
+	return false
+}
+
+// connectReady connects to addr and waits at most timeout until the
+// connection is ready. It fails when the connection cannot be made (with
+// the dial error, e.g. connection refused) or is not ready in time; the
+// returned connection is ready, so a call made on it is sent.
+func connectReady(ctx context.Context, addr string, timeout time.Duration) (*grpc.ClientConn, error) {
+	d := &dialRecorder{}
+	conn, err := grpc.NewClient(addr, append(dialOptions(), grpc.WithContextDialer(d.dial))...)
+	if err != nil {
+		return nil, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	conn.Connect()
+	for {
+		s := conn.GetState()
+		switch s {
+		case connectivity.Ready:
+			return conn, nil
+		case connectivity.TransientFailure, connectivity.Shutdown:
+			conn.Close()
+			msg := "cannot connect"
+			if err := d.lastErr(); err != nil {
+				msg = err.Error()
+			}
+			return nil, status.Error(codes.Unavailable, msg)
+		}
+		if !conn.WaitForStateChange(cctx, s) {
+			conn.Close()
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			msg := "no answer within " + timeout.String()
+			if err := d.lastErr(); err != nil {
+				msg += ": " + err.Error()
+			}
+			return nil, status.Error(codes.DeadlineExceeded, msg)
+		}
+	}
+}
+
+// dialRecorder dials TCP connections as gRPC would and remembers the last
+// error, to say why a connection could not be made.
+type dialRecorder struct {
+	mu  sync.Mutex
+	err error
+}
+
+func (d *dialRecorder) dial(ctx context.Context, addr string) (net.Conn, error) {
+	var nd net.Dialer
+	conn, err := nd.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		d.mu.Lock()
+		d.err = err
+		d.mu.Unlock()
+	}
+	return conn, err
+}
+
+func (d *dialRecorder) lastErr() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.err
 }

@@ -153,7 +153,8 @@ func printGroups(w io.Writer, r *vigilv1.ListGroupsResponse, now time.Time) erro
 
 // printGroup renders a GetGroup response: a summary of the group and its
 // configuration, its members, their health as the answering observer
-// aggregates it, and its history (newest last).
+// aggregates it, the candidates for promotion and the state of failover
+// (see printFailoverState), and its history (newest last).
 func printGroup(w io.Writer, r *vigilv1.GetGroupResponse, now time.Time) error {
 	g := r.GetGroup()
 	spec := g.GetSpec()
@@ -200,6 +201,9 @@ func printGroup(w io.Writer, r *vigilv1.GetGroupResponse, now time.Time) error {
 
 	// GetGroupResponse does not name the observer that answered.
 	if err := printHealth(w, r.GetHealth(), r.GetAnsweredBy(), now); err != nil {
+		return err
+	}
+	if err := printFailoverState(w, r, now); err != nil {
 		return err
 	}
 

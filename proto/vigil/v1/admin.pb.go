@@ -24,6 +24,378 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type SwitchoverRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Group string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	// Target member; empty means the best eligible standby.
+	To            string `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SwitchoverRequest) Reset() {
+	*x = SwitchoverRequest{}
+	mi := &file_vigil_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SwitchoverRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SwitchoverRequest) ProtoMessage() {}
+
+func (x *SwitchoverRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SwitchoverRequest.ProtoReflect.Descriptor instead.
+func (*SwitchoverRequest) Descriptor() ([]byte, []int) {
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SwitchoverRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *SwitchoverRequest) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+type FailoverRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Group string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	To    string                 `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	// Must be true: a forced failover skips the safety checks.
+	Force         bool `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FailoverRequest) Reset() {
+	*x = FailoverRequest{}
+	mi := &file_vigil_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FailoverRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FailoverRequest) ProtoMessage() {}
+
+func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FailoverRequest.ProtoReflect.Descriptor instead.
+func (*FailoverRequest) Descriptor() ([]byte, []int) {
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *FailoverRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *FailoverRequest) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *FailoverRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type FailoverResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Failover *Failover              `protobuf:"bytes,1,opt,name=failover,proto3" json:"failover,omitempty"`
+	// The group after the failover.
+	Group         *Group `protobuf:"bytes,2,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FailoverResponse) Reset() {
+	*x = FailoverResponse{}
+	mi := &file_vigil_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FailoverResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FailoverResponse) ProtoMessage() {}
+
+func (x *FailoverResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FailoverResponse.ProtoReflect.Descriptor instead.
+func (*FailoverResponse) Descriptor() ([]byte, []int) {
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *FailoverResponse) GetFailover() *Failover {
+	if x != nil {
+		return x.Failover
+	}
+	return nil
+}
+
+func (x *FailoverResponse) GetGroup() *Group {
+	if x != nil {
+		return x.Group
+	}
+	return nil
+}
+
+type HistoryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryRequest) Reset() {
+	*x = HistoryRequest{}
+	mi := &file_vigil_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryRequest) ProtoMessage() {}
+
+func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
+func (*HistoryRequest) Descriptor() ([]byte, []int) {
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *HistoryRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+type HistoryResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Failovers     []*Failover            `protobuf:"bytes,2,rep,name=failovers,proto3" json:"failovers,omitempty"`
+	Active        *Failover              `protobuf:"bytes,3,opt,name=active,proto3" json:"active,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Primary       string                 `protobuf:"bytes,5,opt,name=primary,proto3" json:"primary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryResponse) Reset() {
+	*x = HistoryResponse{}
+	mi := &file_vigil_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryResponse) ProtoMessage() {}
+
+func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
+func (*HistoryResponse) Descriptor() ([]byte, []int) {
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *HistoryResponse) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *HistoryResponse) GetFailovers() []*Failover {
+	if x != nil {
+		return x.Failovers
+	}
+	return nil
+}
+
+func (x *HistoryResponse) GetActive() *Failover {
+	if x != nil {
+		return x.Active
+	}
+	return nil
+}
+
+func (x *HistoryResponse) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *HistoryResponse) GetPrimary() string {
+	if x != nil {
+		return x.Primary
+	}
+	return ""
+}
+
+// CandidateStatus is one member judged for promotion.
+type CandidateStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Member        string                 `protobuf:"bytes,1,opt,name=member,proto3" json:"member,omitempty"`
+	Eligible      bool                   `protobuf:"varint,2,opt,name=eligible,proto3" json:"eligible,omitempty"`
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Priority      int32                  `protobuf:"varint,4,opt,name=priority,proto3" json:"priority,omitempty"`
+	WalLsn        uint64                 `protobuf:"varint,5,opt,name=wal_lsn,json=walLsn,proto3" json:"wal_lsn,omitempty"`
+	LagBytes      int64                  `protobuf:"varint,6,opt,name=lag_bytes,json=lagBytes,proto3" json:"lag_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CandidateStatus) Reset() {
+	*x = CandidateStatus{}
+	mi := &file_vigil_v1_admin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CandidateStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CandidateStatus) ProtoMessage() {}
+
+func (x *CandidateStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_v1_admin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CandidateStatus.ProtoReflect.Descriptor instead.
+func (*CandidateStatus) Descriptor() ([]byte, []int) {
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *CandidateStatus) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
+}
+
+func (x *CandidateStatus) GetEligible() bool {
+	if x != nil {
+		return x.Eligible
+	}
+	return false
+}
+
+func (x *CandidateStatus) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *CandidateStatus) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+func (x *CandidateStatus) GetWalLsn() uint64 {
+	if x != nil {
+		return x.WalLsn
+	}
+	return 0
+}
+
+func (x *CandidateStatus) GetLagBytes() int64 {
+	if x != nil {
+		return x.LagBytes
+	}
+	return 0
+}
+
 type StatusRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only this observer's own view; do not ask the other observers.
@@ -34,7 +406,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[0]
+	mi := &file_vigil_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -46,7 +418,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[0]
+	mi := &file_vigil_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -59,7 +431,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *StatusRequest) GetLocalOnly() bool {
@@ -95,7 +467,7 @@ type ObserverStatus struct {
 
 func (x *ObserverStatus) Reset() {
 	*x = ObserverStatus{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[1]
+	mi := &file_vigil_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -107,7 +479,7 @@ func (x *ObserverStatus) String() string {
 func (*ObserverStatus) ProtoMessage() {}
 
 func (x *ObserverStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[1]
+	mi := &file_vigil_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -120,7 +492,7 @@ func (x *ObserverStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserverStatus.ProtoReflect.Descriptor instead.
 func (*ObserverStatus) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ObserverStatus) GetId() string {
@@ -232,7 +604,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[2]
+	mi := &file_vigil_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -244,7 +616,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[2]
+	mi := &file_vigil_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -257,7 +629,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StatusResponse) GetAnsweredBy() string {
@@ -331,7 +703,7 @@ type ListGroupsRequest struct {
 
 func (x *ListGroupsRequest) Reset() {
 	*x = ListGroupsRequest{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[3]
+	mi := &file_vigil_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -343,7 +715,7 @@ func (x *ListGroupsRequest) String() string {
 func (*ListGroupsRequest) ProtoMessage() {}
 
 func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[3]
+	mi := &file_vigil_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -356,7 +728,7 @@ func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
 func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 type ListGroupsResponse struct {
@@ -370,7 +742,7 @@ type ListGroupsResponse struct {
 
 func (x *ListGroupsResponse) Reset() {
 	*x = ListGroupsResponse{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[4]
+	mi := &file_vigil_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -382,7 +754,7 @@ func (x *ListGroupsResponse) String() string {
 func (*ListGroupsResponse) ProtoMessage() {}
 
 func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[4]
+	mi := &file_vigil_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -395,7 +767,7 @@ func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsResponse.ProtoReflect.Descriptor instead.
 func (*ListGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListGroupsResponse) GetGroups() []*Group {
@@ -421,7 +793,7 @@ type GetGroupRequest struct {
 
 func (x *GetGroupRequest) Reset() {
 	*x = GetGroupRequest{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[5]
+	mi := &file_vigil_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -433,7 +805,7 @@ func (x *GetGroupRequest) String() string {
 func (*GetGroupRequest) ProtoMessage() {}
 
 func (x *GetGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[5]
+	mi := &file_vigil_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -446,7 +818,7 @@ func (x *GetGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGroupRequest.ProtoReflect.Descriptor instead.
 func (*GetGroupRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetGroupRequest) GetName() string {
@@ -463,14 +835,21 @@ type GetGroupResponse struct {
 	// Health of each member as the answering observer aggregates it.
 	Health []*MemberHealth `protobuf:"bytes,3,rep,name=health,proto3" json:"health,omitempty"`
 	// The observer that answered (and aggregated the health).
-	AnsweredBy    string `protobuf:"bytes,4,opt,name=answered_by,json=answeredBy,proto3" json:"answered_by,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	AnsweredBy string `protobuf:"bytes,4,opt,name=answered_by,json=answeredBy,proto3" json:"answered_by,omitempty"`
+	// Standbys ranked for promotion as the answering observer sees them,
+	// best first.
+	Candidates []*CandidateStatus `protobuf:"bytes,5,rep,name=candidates,proto3" json:"candidates,omitempty"`
+	// Why the leader is not failing the group over (cooldown, paused, no
+	// eligible candidate, fence failed); empty when answered by a follower
+	// or when there is nothing to say.
+	ControllerStatus string `protobuf:"bytes,6,opt,name=controller_status,json=controllerStatus,proto3" json:"controller_status,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *GetGroupResponse) Reset() {
 	*x = GetGroupResponse{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[6]
+	mi := &file_vigil_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -482,7 +861,7 @@ func (x *GetGroupResponse) String() string {
 func (*GetGroupResponse) ProtoMessage() {}
 
 func (x *GetGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[6]
+	mi := &file_vigil_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -495,7 +874,7 @@ func (x *GetGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGroupResponse.ProtoReflect.Descriptor instead.
 func (*GetGroupResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetGroupResponse) GetGroup() *Group {
@@ -526,6 +905,20 @@ func (x *GetGroupResponse) GetAnsweredBy() string {
 	return ""
 }
 
+func (x *GetGroupResponse) GetCandidates() []*CandidateStatus {
+	if x != nil {
+		return x.Candidates
+	}
+	return nil
+}
+
+func (x *GetGroupResponse) GetControllerStatus() string {
+	if x != nil {
+		return x.ControllerStatus
+	}
+	return ""
+}
+
 // ObserverVote is one observer's latest vote about a member.
 type ObserverVote struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -545,7 +938,7 @@ type ObserverVote struct {
 
 func (x *ObserverVote) Reset() {
 	*x = ObserverVote{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[7]
+	mi := &file_vigil_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -557,7 +950,7 @@ func (x *ObserverVote) String() string {
 func (*ObserverVote) ProtoMessage() {}
 
 func (x *ObserverVote) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[7]
+	mi := &file_vigil_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -570,7 +963,7 @@ func (x *ObserverVote) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserverVote.ProtoReflect.Descriptor instead.
 func (*ObserverVote) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ObserverVote) GetObserver() string {
@@ -652,7 +1045,7 @@ type MemberHealth struct {
 
 func (x *MemberHealth) Reset() {
 	*x = MemberHealth{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[8]
+	mi := &file_vigil_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -664,7 +1057,7 @@ func (x *MemberHealth) String() string {
 func (*MemberHealth) ProtoMessage() {}
 
 func (x *MemberHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[8]
+	mi := &file_vigil_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -677,7 +1070,7 @@ func (x *MemberHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberHealth.ProtoReflect.Descriptor instead.
 func (*MemberHealth) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *MemberHealth) GetGroup() string {
@@ -795,7 +1188,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[9]
+	mi := &file_vigil_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -807,7 +1200,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[9]
+	mi := &file_vigil_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -820,7 +1213,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WatchRequest) GetGroup() string {
@@ -844,7 +1237,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[10]
+	mi := &file_vigil_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -856,7 +1249,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[10]
+	mi := &file_vigil_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -869,7 +1262,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WatchEvent) GetAt() *timestamppb.Timestamp {
@@ -910,7 +1303,7 @@ type PauseGroupRequest struct {
 
 func (x *PauseGroupRequest) Reset() {
 	*x = PauseGroupRequest{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[11]
+	mi := &file_vigil_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -922,7 +1315,7 @@ func (x *PauseGroupRequest) String() string {
 func (*PauseGroupRequest) ProtoMessage() {}
 
 func (x *PauseGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[11]
+	mi := &file_vigil_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -935,7 +1328,7 @@ func (x *PauseGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseGroupRequest.ProtoReflect.Descriptor instead.
 func (*PauseGroupRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PauseGroupRequest) GetGroup() string {
@@ -963,7 +1356,7 @@ type PauseGroupResponse struct {
 
 func (x *PauseGroupResponse) Reset() {
 	*x = PauseGroupResponse{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[12]
+	mi := &file_vigil_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -975,7 +1368,7 @@ func (x *PauseGroupResponse) String() string {
 func (*PauseGroupResponse) ProtoMessage() {}
 
 func (x *PauseGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[12]
+	mi := &file_vigil_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -988,7 +1381,7 @@ func (x *PauseGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseGroupResponse.ProtoReflect.Descriptor instead.
 func (*PauseGroupResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PauseGroupResponse) GetGroup() *Group {
@@ -1014,7 +1407,7 @@ type ResumeGroupRequest struct {
 
 func (x *ResumeGroupRequest) Reset() {
 	*x = ResumeGroupRequest{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[13]
+	mi := &file_vigil_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1026,7 +1419,7 @@ func (x *ResumeGroupRequest) String() string {
 func (*ResumeGroupRequest) ProtoMessage() {}
 
 func (x *ResumeGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[13]
+	mi := &file_vigil_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1039,7 +1432,7 @@ func (x *ResumeGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeGroupRequest.ProtoReflect.Descriptor instead.
 func (*ResumeGroupRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ResumeGroupRequest) GetGroup() string {
@@ -1059,7 +1452,7 @@ type ResumeGroupResponse struct {
 
 func (x *ResumeGroupResponse) Reset() {
 	*x = ResumeGroupResponse{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[14]
+	mi := &file_vigil_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1071,7 +1464,7 @@ func (x *ResumeGroupResponse) String() string {
 func (*ResumeGroupResponse) ProtoMessage() {}
 
 func (x *ResumeGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[14]
+	mi := &file_vigil_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1084,7 +1477,7 @@ func (x *ResumeGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeGroupResponse.ProtoReflect.Descriptor instead.
 func (*ResumeGroupResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ResumeGroupResponse) GetGroup() *Group {
@@ -1105,7 +1498,32 @@ var File_vigil_v1_admin_proto protoreflect.FileDescriptor
 
 const file_vigil_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x14vigil/v1/admin.proto\x12\bvigil.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14vigil/v1/state.proto\".\n" +
+	"\x14vigil/v1/admin.proto\x12\bvigil.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14vigil/v1/state.proto\"9\n" +
+	"\x11SwitchoverRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\tR\x02to\"M\n" +
+	"\x0fFailoverRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\tR\x02to\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\"i\n" +
+	"\x10FailoverResponse\x12.\n" +
+	"\bfailover\x18\x01 \x01(\v2\x12.vigil.v1.FailoverR\bfailover\x12%\n" +
+	"\x05group\x18\x02 \x01(\v2\x0f.vigil.v1.GroupR\x05group\"&\n" +
+	"\x0eHistoryRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\"\xb5\x01\n" +
+	"\x0fHistoryResponse\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x120\n" +
+	"\tfailovers\x18\x02 \x03(\v2\x12.vigil.v1.FailoverR\tfailovers\x12*\n" +
+	"\x06active\x18\x03 \x01(\v2\x12.vigil.v1.FailoverR\x06active\x12\x14\n" +
+	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12\x18\n" +
+	"\aprimary\x18\x05 \x01(\tR\aprimary\"\xaf\x01\n" +
+	"\x0fCandidateStatus\x12\x16\n" +
+	"\x06member\x18\x01 \x01(\tR\x06member\x12\x1a\n" +
+	"\beligible\x18\x02 \x01(\bR\beligible\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x1a\n" +
+	"\bpriority\x18\x04 \x01(\x05R\bpriority\x12\x17\n" +
+	"\awal_lsn\x18\x05 \x01(\x04R\x06walLsn\x12\x1b\n" +
+	"\tlag_bytes\x18\x06 \x01(\x03R\blagBytes\".\n" +
 	"\rStatusRequest\x12\x1d\n" +
 	"\n" +
 	"local_only\x18\x01 \x01(\bR\tlocalOnly\"\xa0\x03\n" +
@@ -1140,13 +1558,17 @@ const file_vigil_v1_admin_proto_rawDesc = "" +
 	"\x06groups\x18\x01 \x03(\v2\x0f.vigil.v1.GroupR\x06groups\x12#\n" +
 	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\"%\n" +
 	"\x0fGetGroupRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\xaf\x01\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x97\x02\n" +
 	"\x10GetGroupResponse\x12%\n" +
 	"\x05group\x18\x01 \x01(\v2\x0f.vigil.v1.GroupR\x05group\x12#\n" +
 	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12.\n" +
 	"\x06health\x18\x03 \x03(\v2\x16.vigil.v1.MemberHealthR\x06health\x12\x1f\n" +
 	"\vanswered_by\x18\x04 \x01(\tR\n" +
-	"answeredBy\"\xbb\x01\n" +
+	"answeredBy\x129\n" +
+	"\n" +
+	"candidates\x18\x05 \x03(\v2\x19.vigil.v1.CandidateStatusR\n" +
+	"candidates\x12+\n" +
+	"\x11controller_status\x18\x06 \x01(\tR\x10controllerStatus\"\xbb\x01\n" +
 	"\fObserverVote\x12\x1a\n" +
 	"\bobserver\x18\x01 \x01(\tR\bobserver\x12\x18\n" +
 	"\averdict\x18\x02 \x01(\tR\averdict\x12\x12\n" +
@@ -1193,7 +1615,7 @@ const file_vigil_v1_admin_proto_rawDesc = "" +
 	"\x05group\x18\x01 \x01(\tR\x05group\"R\n" +
 	"\x13ResumeGroupResponse\x12%\n" +
 	"\x05group\x18\x01 \x01(\v2\x0f.vigil.v1.GroupR\x05group\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index2\x9e\x03\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index2\xe8\x04\n" +
 	"\x05Admin\x12;\n" +
 	"\x06Status\x12\x17.vigil.v1.StatusRequest\x1a\x18.vigil.v1.StatusResponse\x12G\n" +
 	"\n" +
@@ -1202,7 +1624,11 @@ const file_vigil_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"PauseGroup\x12\x1b.vigil.v1.PauseGroupRequest\x1a\x1c.vigil.v1.PauseGroupResponse\x12J\n" +
 	"\vResumeGroup\x12\x1c.vigil.v1.ResumeGroupRequest\x1a\x1d.vigil.v1.ResumeGroupResponse\x127\n" +
-	"\x05Watch\x12\x16.vigil.v1.WatchRequest\x1a\x14.vigil.v1.WatchEvent0\x01B1Z/github.com/vigilha/vigil/proto/vigil/v1;vigilv1b\x06proto3"
+	"\x05Watch\x12\x16.vigil.v1.WatchRequest\x1a\x14.vigil.v1.WatchEvent0\x01\x12E\n" +
+	"\n" +
+	"Switchover\x12\x1b.vigil.v1.SwitchoverRequest\x1a\x1a.vigil.v1.FailoverResponse\x12A\n" +
+	"\bFailover\x12\x19.vigil.v1.FailoverRequest\x1a\x1a.vigil.v1.FailoverResponse\x12>\n" +
+	"\aHistory\x12\x18.vigil.v1.HistoryRequest\x1a\x19.vigil.v1.HistoryResponseB1Z/github.com/vigilha/vigil/proto/vigil/v1;vigilv1b\x06proto3"
 
 var (
 	file_vigil_v1_admin_proto_rawDescOnce sync.Once
@@ -1216,55 +1642,73 @@ func file_vigil_v1_admin_proto_rawDescGZIP() []byte {
 	return file_vigil_v1_admin_proto_rawDescData
 }
 
-var file_vigil_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_vigil_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_vigil_v1_admin_proto_goTypes = []any{
-	(*StatusRequest)(nil),         // 0: vigil.v1.StatusRequest
-	(*ObserverStatus)(nil),        // 1: vigil.v1.ObserverStatus
-	(*StatusResponse)(nil),        // 2: vigil.v1.StatusResponse
-	(*ListGroupsRequest)(nil),     // 3: vigil.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),    // 4: vigil.v1.ListGroupsResponse
-	(*GetGroupRequest)(nil),       // 5: vigil.v1.GetGroupRequest
-	(*GetGroupResponse)(nil),      // 6: vigil.v1.GetGroupResponse
-	(*ObserverVote)(nil),          // 7: vigil.v1.ObserverVote
-	(*MemberHealth)(nil),          // 8: vigil.v1.MemberHealth
-	(*WatchRequest)(nil),          // 9: vigil.v1.WatchRequest
-	(*WatchEvent)(nil),            // 10: vigil.v1.WatchEvent
-	(*PauseGroupRequest)(nil),     // 11: vigil.v1.PauseGroupRequest
-	(*PauseGroupResponse)(nil),    // 12: vigil.v1.PauseGroupResponse
-	(*ResumeGroupRequest)(nil),    // 13: vigil.v1.ResumeGroupRequest
-	(*ResumeGroupResponse)(nil),   // 14: vigil.v1.ResumeGroupResponse
-	(*Group)(nil),                 // 15: vigil.v1.Group
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(*SwitchoverRequest)(nil),     // 0: vigil.v1.SwitchoverRequest
+	(*FailoverRequest)(nil),       // 1: vigil.v1.FailoverRequest
+	(*FailoverResponse)(nil),      // 2: vigil.v1.FailoverResponse
+	(*HistoryRequest)(nil),        // 3: vigil.v1.HistoryRequest
+	(*HistoryResponse)(nil),       // 4: vigil.v1.HistoryResponse
+	(*CandidateStatus)(nil),       // 5: vigil.v1.CandidateStatus
+	(*StatusRequest)(nil),         // 6: vigil.v1.StatusRequest
+	(*ObserverStatus)(nil),        // 7: vigil.v1.ObserverStatus
+	(*StatusResponse)(nil),        // 8: vigil.v1.StatusResponse
+	(*ListGroupsRequest)(nil),     // 9: vigil.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),    // 10: vigil.v1.ListGroupsResponse
+	(*GetGroupRequest)(nil),       // 11: vigil.v1.GetGroupRequest
+	(*GetGroupResponse)(nil),      // 12: vigil.v1.GetGroupResponse
+	(*ObserverVote)(nil),          // 13: vigil.v1.ObserverVote
+	(*MemberHealth)(nil),          // 14: vigil.v1.MemberHealth
+	(*WatchRequest)(nil),          // 15: vigil.v1.WatchRequest
+	(*WatchEvent)(nil),            // 16: vigil.v1.WatchEvent
+	(*PauseGroupRequest)(nil),     // 17: vigil.v1.PauseGroupRequest
+	(*PauseGroupResponse)(nil),    // 18: vigil.v1.PauseGroupResponse
+	(*ResumeGroupRequest)(nil),    // 19: vigil.v1.ResumeGroupRequest
+	(*ResumeGroupResponse)(nil),   // 20: vigil.v1.ResumeGroupResponse
+	(*Failover)(nil),              // 21: vigil.v1.Failover
+	(*Group)(nil),                 // 22: vigil.v1.Group
+	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
 }
 var file_vigil_v1_admin_proto_depIdxs = []int32{
-	1,  // 0: vigil.v1.StatusResponse.observers:type_name -> vigil.v1.ObserverStatus
-	15, // 1: vigil.v1.ListGroupsResponse.groups:type_name -> vigil.v1.Group
-	15, // 2: vigil.v1.GetGroupResponse.group:type_name -> vigil.v1.Group
-	8,  // 3: vigil.v1.GetGroupResponse.health:type_name -> vigil.v1.MemberHealth
-	16, // 4: vigil.v1.MemberHealth.down_since:type_name -> google.protobuf.Timestamp
-	16, // 5: vigil.v1.MemberHealth.odown_since:type_name -> google.protobuf.Timestamp
-	7,  // 6: vigil.v1.MemberHealth.votes:type_name -> vigil.v1.ObserverVote
-	16, // 7: vigil.v1.WatchEvent.at:type_name -> google.protobuf.Timestamp
-	8,  // 8: vigil.v1.WatchEvent.health:type_name -> vigil.v1.MemberHealth
-	15, // 9: vigil.v1.PauseGroupResponse.group:type_name -> vigil.v1.Group
-	15, // 10: vigil.v1.ResumeGroupResponse.group:type_name -> vigil.v1.Group
-	0,  // 11: vigil.v1.Admin.Status:input_type -> vigil.v1.StatusRequest
-	3,  // 12: vigil.v1.Admin.ListGroups:input_type -> vigil.v1.ListGroupsRequest
-	5,  // 13: vigil.v1.Admin.GetGroup:input_type -> vigil.v1.GetGroupRequest
-	11, // 14: vigil.v1.Admin.PauseGroup:input_type -> vigil.v1.PauseGroupRequest
-	13, // 15: vigil.v1.Admin.ResumeGroup:input_type -> vigil.v1.ResumeGroupRequest
-	9,  // 16: vigil.v1.Admin.Watch:input_type -> vigil.v1.WatchRequest
-	2,  // 17: vigil.v1.Admin.Status:output_type -> vigil.v1.StatusResponse
-	4,  // 18: vigil.v1.Admin.ListGroups:output_type -> vigil.v1.ListGroupsResponse
-	6,  // 19: vigil.v1.Admin.GetGroup:output_type -> vigil.v1.GetGroupResponse
-	12, // 20: vigil.v1.Admin.PauseGroup:output_type -> vigil.v1.PauseGroupResponse
-	14, // 21: vigil.v1.Admin.ResumeGroup:output_type -> vigil.v1.ResumeGroupResponse
-	10, // 22: vigil.v1.Admin.Watch:output_type -> vigil.v1.WatchEvent
-	17, // [17:23] is the sub-list for method output_type
-	11, // [11:17] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	21, // 0: vigil.v1.FailoverResponse.failover:type_name -> vigil.v1.Failover
+	22, // 1: vigil.v1.FailoverResponse.group:type_name -> vigil.v1.Group
+	21, // 2: vigil.v1.HistoryResponse.failovers:type_name -> vigil.v1.Failover
+	21, // 3: vigil.v1.HistoryResponse.active:type_name -> vigil.v1.Failover
+	7,  // 4: vigil.v1.StatusResponse.observers:type_name -> vigil.v1.ObserverStatus
+	22, // 5: vigil.v1.ListGroupsResponse.groups:type_name -> vigil.v1.Group
+	22, // 6: vigil.v1.GetGroupResponse.group:type_name -> vigil.v1.Group
+	14, // 7: vigil.v1.GetGroupResponse.health:type_name -> vigil.v1.MemberHealth
+	5,  // 8: vigil.v1.GetGroupResponse.candidates:type_name -> vigil.v1.CandidateStatus
+	23, // 9: vigil.v1.MemberHealth.down_since:type_name -> google.protobuf.Timestamp
+	23, // 10: vigil.v1.MemberHealth.odown_since:type_name -> google.protobuf.Timestamp
+	13, // 11: vigil.v1.MemberHealth.votes:type_name -> vigil.v1.ObserverVote
+	23, // 12: vigil.v1.WatchEvent.at:type_name -> google.protobuf.Timestamp
+	14, // 13: vigil.v1.WatchEvent.health:type_name -> vigil.v1.MemberHealth
+	22, // 14: vigil.v1.PauseGroupResponse.group:type_name -> vigil.v1.Group
+	22, // 15: vigil.v1.ResumeGroupResponse.group:type_name -> vigil.v1.Group
+	6,  // 16: vigil.v1.Admin.Status:input_type -> vigil.v1.StatusRequest
+	9,  // 17: vigil.v1.Admin.ListGroups:input_type -> vigil.v1.ListGroupsRequest
+	11, // 18: vigil.v1.Admin.GetGroup:input_type -> vigil.v1.GetGroupRequest
+	17, // 19: vigil.v1.Admin.PauseGroup:input_type -> vigil.v1.PauseGroupRequest
+	19, // 20: vigil.v1.Admin.ResumeGroup:input_type -> vigil.v1.ResumeGroupRequest
+	15, // 21: vigil.v1.Admin.Watch:input_type -> vigil.v1.WatchRequest
+	0,  // 22: vigil.v1.Admin.Switchover:input_type -> vigil.v1.SwitchoverRequest
+	1,  // 23: vigil.v1.Admin.Failover:input_type -> vigil.v1.FailoverRequest
+	3,  // 24: vigil.v1.Admin.History:input_type -> vigil.v1.HistoryRequest
+	8,  // 25: vigil.v1.Admin.Status:output_type -> vigil.v1.StatusResponse
+	10, // 26: vigil.v1.Admin.ListGroups:output_type -> vigil.v1.ListGroupsResponse
+	12, // 27: vigil.v1.Admin.GetGroup:output_type -> vigil.v1.GetGroupResponse
+	18, // 28: vigil.v1.Admin.PauseGroup:output_type -> vigil.v1.PauseGroupResponse
+	20, // 29: vigil.v1.Admin.ResumeGroup:output_type -> vigil.v1.ResumeGroupResponse
+	16, // 30: vigil.v1.Admin.Watch:output_type -> vigil.v1.WatchEvent
+	2,  // 31: vigil.v1.Admin.Switchover:output_type -> vigil.v1.FailoverResponse
+	2,  // 32: vigil.v1.Admin.Failover:output_type -> vigil.v1.FailoverResponse
+	4,  // 33: vigil.v1.Admin.History:output_type -> vigil.v1.HistoryResponse
+	25, // [25:34] is the sub-list for method output_type
+	16, // [16:25] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_vigil_v1_admin_proto_init() }
@@ -1279,7 +1723,7 @@ func file_vigil_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vigil_v1_admin_proto_rawDesc), len(file_vigil_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,9 @@ const (
 	Admin_PauseGroup_FullMethodName  = "/vigil.v1.Admin/PauseGroup"
 	Admin_ResumeGroup_FullMethodName = "/vigil.v1.Admin/ResumeGroup"
 	Admin_Watch_FullMethodName       = "/vigil.v1.Admin/Watch"
+	Admin_Switchover_FullMethodName  = "/vigil.v1.Admin/Switchover"
+	Admin_Failover_FullMethodName    = "/vigil.v1.Admin/Failover"
+	Admin_History_FullMethodName     = "/vigil.v1.Admin/History"
 )
 
 // AdminClient is the client API for Admin service.
@@ -51,6 +54,15 @@ type AdminClient interface {
 	// ODOWN) as computed by the answering observer; the current state of
 	// every member is sent first.
 	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEvent], error)
+	// Switchover hands the primary role to a standby without losing data:
+	// fence (read-only) the primary, wait until the target replayed
+	// everything, promote it, re-point the others. Waits until finished.
+	Switchover(ctx context.Context, in *SwitchoverRequest, opts ...grpc.CallOption) (*FailoverResponse, error)
+	// Failover forces a failover to a named member (force must be set): no
+	// ODOWN, cooldown or lag checks. Waits until finished.
+	Failover(ctx context.Context, in *FailoverRequest, opts ...grpc.CallOption) (*FailoverResponse, error)
+	// History lists a group's failovers, newest last, and the one in progress.
+	History(ctx context.Context, in *HistoryRequest, opts ...grpc.CallOption) (*HistoryResponse, error)
 }
 
 type adminClient struct {
@@ -130,6 +142,36 @@ func (c *adminClient) Watch(ctx context.Context, in *WatchRequest, opts ...grpc.
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Admin_WatchClient = grpc.ServerStreamingClient[WatchEvent]
 
+func (c *adminClient) Switchover(ctx context.Context, in *SwitchoverRequest, opts ...grpc.CallOption) (*FailoverResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FailoverResponse)
+	err := c.cc.Invoke(ctx, Admin_Switchover_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) Failover(ctx context.Context, in *FailoverRequest, opts ...grpc.CallOption) (*FailoverResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FailoverResponse)
+	err := c.cc.Invoke(ctx, Admin_Failover_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) History(ctx context.Context, in *HistoryRequest, opts ...grpc.CallOption) (*HistoryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(HistoryResponse)
+	err := c.cc.Invoke(ctx, Admin_History_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -152,6 +194,15 @@ type AdminServer interface {
 	// ODOWN) as computed by the answering observer; the current state of
 	// every member is sent first.
 	Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error
+	// Switchover hands the primary role to a standby without losing data:
+	// fence (read-only) the primary, wait until the target replayed
+	// everything, promote it, re-point the others. Waits until finished.
+	Switchover(context.Context, *SwitchoverRequest) (*FailoverResponse, error)
+	// Failover forces a failover to a named member (force must be set): no
+	// ODOWN, cooldown or lag checks. Waits until finished.
+	Failover(context.Context, *FailoverRequest) (*FailoverResponse, error)
+	// History lists a group's failovers, newest last, and the one in progress.
+	History(context.Context, *HistoryRequest) (*HistoryResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -179,6 +230,15 @@ func (UnimplementedAdminServer) ResumeGroup(context.Context, *ResumeGroupRequest
 }
 func (UnimplementedAdminServer) Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error {
 	return status.Error(codes.Unimplemented, "method Watch not implemented")
+}
+func (UnimplementedAdminServer) Switchover(context.Context, *SwitchoverRequest) (*FailoverResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Switchover not implemented")
+}
+func (UnimplementedAdminServer) Failover(context.Context, *FailoverRequest) (*FailoverResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Failover not implemented")
+}
+func (UnimplementedAdminServer) History(context.Context, *HistoryRequest) (*HistoryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method History not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -302,6 +362,60 @@ func _Admin_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Admin_WatchServer = grpc.ServerStreamingServer[WatchEvent]
 
+func _Admin_Switchover_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SwitchoverRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).Switchover(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_Switchover_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).Switchover(ctx, req.(*SwitchoverRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_Failover_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FailoverRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).Failover(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_Failover_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).Failover(ctx, req.(*FailoverRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_History_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(HistoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).History(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_History_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).History(ctx, req.(*HistoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -328,6 +442,18 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ResumeGroup",
 			Handler:    _Admin_ResumeGroup_Handler,
+		},
+		{
+			MethodName: "Switchover",
+			Handler:    _Admin_Switchover_Handler,
+		},
+		{
+			MethodName: "Failover",
+			Handler:    _Admin_Failover_Handler,
+		},
+		{
+			MethodName: "History",
+			Handler:    _Admin_History_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -319,7 +319,11 @@ type Group struct {
 	UpdatedAt      *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
 	LastFailoverAt *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=last_failover_at,json=lastFailoverAt,proto3" json:"last_failover_at,omitempty"`
 	// Newest last; bounded (oldest dropped first).
-	History       []*Event `protobuf:"bytes,10,rep,name=history,proto3" json:"history,omitempty"`
+	History []*Event `protobuf:"bytes,10,rep,name=history,proto3" json:"history,omitempty"`
+	// The failover in progress, if any: a new leader resumes it.
+	ActiveFailover *Failover `protobuf:"bytes,11,opt,name=active_failover,json=activeFailover,proto3" json:"active_failover,omitempty"`
+	// Finished failovers, newest last; bounded.
+	Failovers     []*Failover `protobuf:"bytes,12,rep,name=failovers,proto3" json:"failovers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -424,6 +428,239 @@ func (x *Group) GetHistory() []*Event {
 	return nil
 }
 
+func (x *Group) GetActiveFailover() *Failover {
+	if x != nil {
+		return x.ActiveFailover
+	}
+	return nil
+}
+
+func (x *Group) GetFailovers() []*Failover {
+	if x != nil {
+		return x.Failovers
+	}
+	return nil
+}
+
+// Failover is one failover or switchover: the intent, every committed
+// step, and the outcome.
+type Failover struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The group's epoch during and after this failover (the fencing token).
+	Epoch uint64 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// failover (automatic), switchover (planned) or forced (operator).
+	Kind       string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	OldPrimary string `protobuf:"bytes,3,opt,name=old_primary,json=oldPrimary,proto3" json:"old_primary,omitempty"`
+	NewPrimary string `protobuf:"bytes,4,opt,name=new_primary,json=newPrimary,proto3" json:"new_primary,omitempty"`
+	Reason     string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Observer that started it.
+	StartedBy string                 `protobuf:"bytes,6,opt,name=started_by,json=startedBy,proto3" json:"started_by,omitempty"`
+	StartedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	// When the old primary became ODOWN (automatic failovers).
+	OdownAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=odown_at,json=odownAt,proto3" json:"odown_at,omitempty"`
+	Steps   []*FailoverStep        `protobuf:"bytes,9,rep,name=steps,proto3" json:"steps,omitempty"`
+	// "" while in progress, then completed or aborted.
+	Outcome       string                 `protobuf:"bytes,10,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	OutcomeDetail string                 `protobuf:"bytes,11,opt,name=outcome_detail,json=outcomeDetail,proto3" json:"outcome_detail,omitempty"`
+	FinishedAt    *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Failover) Reset() {
+	*x = Failover{}
+	mi := &file_vigil_v1_state_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Failover) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Failover) ProtoMessage() {}
+
+func (x *Failover) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_v1_state_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Failover.ProtoReflect.Descriptor instead.
+func (*Failover) Descriptor() ([]byte, []int) {
+	return file_vigil_v1_state_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Failover) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *Failover) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Failover) GetOldPrimary() string {
+	if x != nil {
+		return x.OldPrimary
+	}
+	return ""
+}
+
+func (x *Failover) GetNewPrimary() string {
+	if x != nil {
+		return x.NewPrimary
+	}
+	return ""
+}
+
+func (x *Failover) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Failover) GetStartedBy() string {
+	if x != nil {
+		return x.StartedBy
+	}
+	return ""
+}
+
+func (x *Failover) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *Failover) GetOdownAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.OdownAt
+	}
+	return nil
+}
+
+func (x *Failover) GetSteps() []*FailoverStep {
+	if x != nil {
+		return x.Steps
+	}
+	return nil
+}
+
+func (x *Failover) GetOutcome() string {
+	if x != nil {
+		return x.Outcome
+	}
+	return ""
+}
+
+func (x *Failover) GetOutcomeDetail() string {
+	if x != nil {
+		return x.OutcomeDetail
+	}
+	return ""
+}
+
+func (x *Failover) GetFinishedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FinishedAt
+	}
+	return nil
+}
+
+// FailoverStep is one committed step of a failover.
+type FailoverStep struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// fenced, promoted, rerouted, standbys_repointed
+	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	At     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=at,proto3" json:"at,omitempty"`
+	Detail string                 `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	// Observer (leader) that performed it.
+	Observer string `protobuf:"bytes,4,opt,name=observer,proto3" json:"observer,omitempty"`
+	// How long the action took before it was committed.
+	DurationMs    int64 `protobuf:"varint,5,opt,name=duration_ms,json=durationMs,proto3" json:"duration_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FailoverStep) Reset() {
+	*x = FailoverStep{}
+	mi := &file_vigil_v1_state_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FailoverStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FailoverStep) ProtoMessage() {}
+
+func (x *FailoverStep) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_v1_state_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FailoverStep.ProtoReflect.Descriptor instead.
+func (*FailoverStep) Descriptor() ([]byte, []int) {
+	return file_vigil_v1_state_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *FailoverStep) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FailoverStep) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *FailoverStep) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *FailoverStep) GetObserver() string {
+	if x != nil {
+		return x.Observer
+	}
+	return ""
+}
+
+func (x *FailoverStep) GetDurationMs() int64 {
+	if x != nil {
+		return x.DurationMs
+	}
+	return 0
+}
+
 // State is the whole replicated state, as written to a snapshot.
 type State struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -437,7 +674,7 @@ type State struct {
 
 func (x *State) Reset() {
 	*x = State{}
-	mi := &file_vigil_v1_state_proto_msgTypes[4]
+	mi := &file_vigil_v1_state_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -449,7 +686,7 @@ func (x *State) String() string {
 func (*State) ProtoMessage() {}
 
 func (x *State) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_state_proto_msgTypes[4]
+	mi := &file_vigil_v1_state_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -462,7 +699,7 @@ func (x *State) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use State.ProtoReflect.Descriptor instead.
 func (*State) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_state_proto_rawDescGZIP(), []int{4}
+	return file_vigil_v1_state_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *State) GetGroups() []*Group {
@@ -491,6 +728,9 @@ type Command struct {
 	//
 	//	*Command_SyncGroups
 	//	*Command_SetPaused
+	//	*Command_StartFailover
+	//	*Command_RecordFailoverStep
+	//	*Command_FinishFailover
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -498,7 +738,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_vigil_v1_state_proto_msgTypes[5]
+	mi := &file_vigil_v1_state_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -510,7 +750,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_state_proto_msgTypes[5]
+	mi := &file_vigil_v1_state_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -523,7 +763,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_state_proto_rawDescGZIP(), []int{5}
+	return file_vigil_v1_state_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Command) GetIgnoreUnknown() bool {
@@ -572,6 +812,33 @@ func (x *Command) GetSetPaused() *SetPaused {
 	return nil
 }
 
+func (x *Command) GetStartFailover() *StartFailover {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_StartFailover); ok {
+			return x.StartFailover
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRecordFailoverStep() *RecordFailoverStep {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_RecordFailoverStep); ok {
+			return x.RecordFailoverStep
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetFinishFailover() *FinishFailover {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_FinishFailover); ok {
+			return x.FinishFailover
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -584,9 +851,27 @@ type Command_SetPaused struct {
 	SetPaused *SetPaused `protobuf:"bytes,11,opt,name=set_paused,json=setPaused,proto3,oneof"`
 }
 
+type Command_StartFailover struct {
+	StartFailover *StartFailover `protobuf:"bytes,12,opt,name=start_failover,json=startFailover,proto3,oneof"`
+}
+
+type Command_RecordFailoverStep struct {
+	RecordFailoverStep *RecordFailoverStep `protobuf:"bytes,13,opt,name=record_failover_step,json=recordFailoverStep,proto3,oneof"`
+}
+
+type Command_FinishFailover struct {
+	FinishFailover *FinishFailover `protobuf:"bytes,14,opt,name=finish_failover,json=finishFailover,proto3,oneof"`
+}
+
 func (*Command_SyncGroups) isCommand_Cmd() {}
 
 func (*Command_SetPaused) isCommand_Cmd() {}
+
+func (*Command_StartFailover) isCommand_Cmd() {}
+
+func (*Command_RecordFailoverStep) isCommand_Cmd() {}
+
+func (*Command_FinishFailover) isCommand_Cmd() {}
 
 // SyncGroups makes the set of groups equal to `groups`: new groups are
 // created with their initial primary and epoch 0, existing ones keep their
@@ -601,7 +886,7 @@ type SyncGroups struct {
 
 func (x *SyncGroups) Reset() {
 	*x = SyncGroups{}
-	mi := &file_vigil_v1_state_proto_msgTypes[6]
+	mi := &file_vigil_v1_state_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -613,7 +898,7 @@ func (x *SyncGroups) String() string {
 func (*SyncGroups) ProtoMessage() {}
 
 func (x *SyncGroups) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_state_proto_msgTypes[6]
+	mi := &file_vigil_v1_state_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -626,7 +911,7 @@ func (x *SyncGroups) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncGroups.ProtoReflect.Descriptor instead.
 func (*SyncGroups) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_state_proto_rawDescGZIP(), []int{6}
+	return file_vigil_v1_state_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SyncGroups) GetGroups() []*GroupSpec {
@@ -648,7 +933,7 @@ type SetPaused struct {
 
 func (x *SetPaused) Reset() {
 	*x = SetPaused{}
-	mi := &file_vigil_v1_state_proto_msgTypes[7]
+	mi := &file_vigil_v1_state_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -660,7 +945,7 @@ func (x *SetPaused) String() string {
 func (*SetPaused) ProtoMessage() {}
 
 func (x *SetPaused) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_state_proto_msgTypes[7]
+	mi := &file_vigil_v1_state_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -673,7 +958,7 @@ func (x *SetPaused) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetPaused.ProtoReflect.Descriptor instead.
 func (*SetPaused) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_state_proto_rawDescGZIP(), []int{7}
+	return file_vigil_v1_state_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SetPaused) GetGroup() string {
@@ -693,6 +978,234 @@ func (x *SetPaused) GetPaused() bool {
 func (x *SetPaused) GetReason() string {
 	if x != nil {
 		return x.Reason
+	}
+	return ""
+}
+
+// StartFailover commits the intent of a failover before anything touches a
+// server. It is refused unless epoch is exactly the group's epoch + 1 and
+// no failover is in progress, so two leaders can never start two.
+type StartFailover struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Kind          string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	OldPrimary    string                 `protobuf:"bytes,4,opt,name=old_primary,json=oldPrimary,proto3" json:"old_primary,omitempty"`
+	NewPrimary    string                 `protobuf:"bytes,5,opt,name=new_primary,json=newPrimary,proto3" json:"new_primary,omitempty"`
+	Reason        string                 `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	OdownAt       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=odown_at,json=odownAt,proto3" json:"odown_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartFailover) Reset() {
+	*x = StartFailover{}
+	mi := &file_vigil_v1_state_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartFailover) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartFailover) ProtoMessage() {}
+
+func (x *StartFailover) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_v1_state_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartFailover.ProtoReflect.Descriptor instead.
+func (*StartFailover) Descriptor() ([]byte, []int) {
+	return file_vigil_v1_state_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *StartFailover) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *StartFailover) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *StartFailover) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *StartFailover) GetOldPrimary() string {
+	if x != nil {
+		return x.OldPrimary
+	}
+	return ""
+}
+
+func (x *StartFailover) GetNewPrimary() string {
+	if x != nil {
+		return x.NewPrimary
+	}
+	return ""
+}
+
+func (x *StartFailover) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *StartFailover) GetOdownAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.OdownAt
+	}
+	return nil
+}
+
+// RecordFailoverStep commits one finished step of the active failover of
+// `epoch`. Steps are recorded in order; recording one again is a no-op.
+type RecordFailoverStep struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Step          *FailoverStep          `protobuf:"bytes,3,opt,name=step,proto3" json:"step,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordFailoverStep) Reset() {
+	*x = RecordFailoverStep{}
+	mi := &file_vigil_v1_state_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordFailoverStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordFailoverStep) ProtoMessage() {}
+
+func (x *RecordFailoverStep) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_v1_state_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordFailoverStep.ProtoReflect.Descriptor instead.
+func (*RecordFailoverStep) Descriptor() ([]byte, []int) {
+	return file_vigil_v1_state_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RecordFailoverStep) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *RecordFailoverStep) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *RecordFailoverStep) GetStep() *FailoverStep {
+	if x != nil {
+		return x.Step
+	}
+	return nil
+}
+
+// FinishFailover ends the active failover of `epoch`: completed (the new
+// primary is in charge) or aborted (nothing was promoted).
+type FinishFailover struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Group string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Epoch uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// completed or aborted
+	Outcome       string `protobuf:"bytes,3,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	Detail        string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FinishFailover) Reset() {
+	*x = FinishFailover{}
+	mi := &file_vigil_v1_state_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FinishFailover) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FinishFailover) ProtoMessage() {}
+
+func (x *FinishFailover) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_v1_state_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FinishFailover.ProtoReflect.Descriptor instead.
+func (*FinishFailover) Descriptor() ([]byte, []int) {
+	return file_vigil_v1_state_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *FinishFailover) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *FinishFailover) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *FinishFailover) GetOutcome() string {
+	if x != nil {
+		return x.Outcome
+	}
+	return ""
+}
+
+func (x *FinishFailover) GetDetail() string {
+	if x != nil {
+		return x.Detail
 	}
 	return ""
 }
@@ -730,7 +1243,7 @@ const file_vigil_v1_state_proto_rawDesc = "" +
 	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x16\n" +
 	"\x06detail\x18\x04 \x01(\tR\x06detail\x12\x14\n" +
 	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\x12\x14\n" +
-	"\x05actor\x18\x06 \x01(\tR\x05actor\"\xbd\x03\n" +
+	"\x05actor\x18\x06 \x01(\tR\x05actor\"\xac\x04\n" +
 	"\x05Group\x12'\n" +
 	"\x04spec\x18\x01 \x01(\v2\x13.vigil.v1.GroupSpecR\x04spec\x12\x18\n" +
 	"\aprimary\x18\x02 \x01(\tR\aprimary\x12\x14\n" +
@@ -744,10 +1257,38 @@ const file_vigil_v1_state_proto_rawDesc = "" +
 	"updated_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12D\n" +
 	"\x10last_failover_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x0elastFailoverAt\x12)\n" +
 	"\ahistory\x18\n" +
-	" \x03(\v2\x0f.vigil.v1.EventR\ahistory\"U\n" +
+	" \x03(\v2\x0f.vigil.v1.EventR\ahistory\x12;\n" +
+	"\x0factive_failover\x18\v \x01(\v2\x12.vigil.v1.FailoverR\x0eactiveFailover\x120\n" +
+	"\tfailovers\x18\f \x03(\v2\x12.vigil.v1.FailoverR\tfailovers\"\xcb\x03\n" +
+	"\bFailover\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x1f\n" +
+	"\vold_primary\x18\x03 \x01(\tR\n" +
+	"oldPrimary\x12\x1f\n" +
+	"\vnew_primary\x18\x04 \x01(\tR\n" +
+	"newPrimary\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x1d\n" +
+	"\n" +
+	"started_by\x18\x06 \x01(\tR\tstartedBy\x129\n" +
+	"\n" +
+	"started_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x125\n" +
+	"\bodown_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\aodownAt\x12,\n" +
+	"\x05steps\x18\t \x03(\v2\x16.vigil.v1.FailoverStepR\x05steps\x12\x18\n" +
+	"\aoutcome\x18\n" +
+	" \x01(\tR\aoutcome\x12%\n" +
+	"\x0eoutcome_detail\x18\v \x01(\tR\routcomeDetail\x12;\n" +
+	"\vfinished_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"finishedAt\"\xa3\x01\n" +
+	"\fFailoverStep\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12*\n" +
+	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x16\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\x12\x1a\n" +
+	"\bobserver\x18\x04 \x01(\tR\bobserver\x12\x1f\n" +
+	"\vduration_ms\x18\x05 \x01(\x03R\n" +
+	"durationMs\"U\n" +
 	"\x05State\x12'\n" +
 	"\x06groups\x18\x01 \x03(\v2\x0f.vigil.v1.GroupR\x06groups\x12#\n" +
-	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\"\xe8\x01\n" +
+	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\"\xc1\x03\n" +
 	"\aCommand\x12%\n" +
 	"\x0eignore_unknown\x18\x01 \x01(\bR\rignoreUnknown\x12*\n" +
 	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x14\n" +
@@ -756,7 +1297,10 @@ const file_vigil_v1_state_proto_rawDesc = "" +
 	" \x01(\v2\x14.vigil.v1.SyncGroupsH\x00R\n" +
 	"syncGroups\x124\n" +
 	"\n" +
-	"set_paused\x18\v \x01(\v2\x13.vigil.v1.SetPausedH\x00R\tsetPausedB\x05\n" +
+	"set_paused\x18\v \x01(\v2\x13.vigil.v1.SetPausedH\x00R\tsetPaused\x12@\n" +
+	"\x0estart_failover\x18\f \x01(\v2\x17.vigil.v1.StartFailoverH\x00R\rstartFailover\x12P\n" +
+	"\x14record_failover_step\x18\r \x01(\v2\x1c.vigil.v1.RecordFailoverStepH\x00R\x12recordFailoverStep\x12C\n" +
+	"\x0ffinish_failover\x18\x0e \x01(\v2\x18.vigil.v1.FinishFailoverH\x00R\x0efinishFailoverB\x05\n" +
 	"\x03cmd\"9\n" +
 	"\n" +
 	"SyncGroups\x12+\n" +
@@ -764,7 +1308,26 @@ const file_vigil_v1_state_proto_rawDesc = "" +
 	"\tSetPaused\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x16\n" +
 	"\x06paused\x18\x02 \x01(\bR\x06paused\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reasonB1Z/github.com/vigilha/vigil/proto/vigil/v1;vigilv1b\x06proto3"
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xe0\x01\n" +
+	"\rStartFailover\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x1f\n" +
+	"\vold_primary\x18\x04 \x01(\tR\n" +
+	"oldPrimary\x12\x1f\n" +
+	"\vnew_primary\x18\x05 \x01(\tR\n" +
+	"newPrimary\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\x125\n" +
+	"\bodown_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\aodownAt\"l\n" +
+	"\x12RecordFailoverStep\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12*\n" +
+	"\x04step\x18\x03 \x01(\v2\x16.vigil.v1.FailoverStepR\x04step\"n\n" +
+	"\x0eFinishFailover\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x18\n" +
+	"\aoutcome\x18\x03 \x01(\tR\aoutcome\x12\x16\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detailB1Z/github.com/vigilha/vigil/proto/vigil/v1;vigilv1b\x06proto3"
 
 var (
 	file_vigil_v1_state_proto_rawDescOnce sync.Once
@@ -778,37 +1341,54 @@ func file_vigil_v1_state_proto_rawDescGZIP() []byte {
 	return file_vigil_v1_state_proto_rawDescData
 }
 
-var file_vigil_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_vigil_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_vigil_v1_state_proto_goTypes = []any{
 	(*MemberSpec)(nil),            // 0: vigil.v1.MemberSpec
 	(*GroupSpec)(nil),             // 1: vigil.v1.GroupSpec
 	(*Event)(nil),                 // 2: vigil.v1.Event
 	(*Group)(nil),                 // 3: vigil.v1.Group
-	(*State)(nil),                 // 4: vigil.v1.State
-	(*Command)(nil),               // 5: vigil.v1.Command
-	(*SyncGroups)(nil),            // 6: vigil.v1.SyncGroups
-	(*SetPaused)(nil),             // 7: vigil.v1.SetPaused
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(*Failover)(nil),              // 4: vigil.v1.Failover
+	(*FailoverStep)(nil),          // 5: vigil.v1.FailoverStep
+	(*State)(nil),                 // 6: vigil.v1.State
+	(*Command)(nil),               // 7: vigil.v1.Command
+	(*SyncGroups)(nil),            // 8: vigil.v1.SyncGroups
+	(*SetPaused)(nil),             // 9: vigil.v1.SetPaused
+	(*StartFailover)(nil),         // 10: vigil.v1.StartFailover
+	(*RecordFailoverStep)(nil),    // 11: vigil.v1.RecordFailoverStep
+	(*FinishFailover)(nil),        // 12: vigil.v1.FinishFailover
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
 }
 var file_vigil_v1_state_proto_depIdxs = []int32{
 	0,  // 0: vigil.v1.GroupSpec.members:type_name -> vigil.v1.MemberSpec
-	8,  // 1: vigil.v1.Event.at:type_name -> google.protobuf.Timestamp
+	13, // 1: vigil.v1.Event.at:type_name -> google.protobuf.Timestamp
 	1,  // 2: vigil.v1.Group.spec:type_name -> vigil.v1.GroupSpec
-	8,  // 3: vigil.v1.Group.paused_at:type_name -> google.protobuf.Timestamp
-	8,  // 4: vigil.v1.Group.created_at:type_name -> google.protobuf.Timestamp
-	8,  // 5: vigil.v1.Group.updated_at:type_name -> google.protobuf.Timestamp
-	8,  // 6: vigil.v1.Group.last_failover_at:type_name -> google.protobuf.Timestamp
+	13, // 3: vigil.v1.Group.paused_at:type_name -> google.protobuf.Timestamp
+	13, // 4: vigil.v1.Group.created_at:type_name -> google.protobuf.Timestamp
+	13, // 5: vigil.v1.Group.updated_at:type_name -> google.protobuf.Timestamp
+	13, // 6: vigil.v1.Group.last_failover_at:type_name -> google.protobuf.Timestamp
 	2,  // 7: vigil.v1.Group.history:type_name -> vigil.v1.Event
-	3,  // 8: vigil.v1.State.groups:type_name -> vigil.v1.Group
-	8,  // 9: vigil.v1.Command.at:type_name -> google.protobuf.Timestamp
-	6,  // 10: vigil.v1.Command.sync_groups:type_name -> vigil.v1.SyncGroups
-	7,  // 11: vigil.v1.Command.set_paused:type_name -> vigil.v1.SetPaused
-	1,  // 12: vigil.v1.SyncGroups.groups:type_name -> vigil.v1.GroupSpec
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	4,  // 8: vigil.v1.Group.active_failover:type_name -> vigil.v1.Failover
+	4,  // 9: vigil.v1.Group.failovers:type_name -> vigil.v1.Failover
+	13, // 10: vigil.v1.Failover.started_at:type_name -> google.protobuf.Timestamp
+	13, // 11: vigil.v1.Failover.odown_at:type_name -> google.protobuf.Timestamp
+	5,  // 12: vigil.v1.Failover.steps:type_name -> vigil.v1.FailoverStep
+	13, // 13: vigil.v1.Failover.finished_at:type_name -> google.protobuf.Timestamp
+	13, // 14: vigil.v1.FailoverStep.at:type_name -> google.protobuf.Timestamp
+	3,  // 15: vigil.v1.State.groups:type_name -> vigil.v1.Group
+	13, // 16: vigil.v1.Command.at:type_name -> google.protobuf.Timestamp
+	8,  // 17: vigil.v1.Command.sync_groups:type_name -> vigil.v1.SyncGroups
+	9,  // 18: vigil.v1.Command.set_paused:type_name -> vigil.v1.SetPaused
+	10, // 19: vigil.v1.Command.start_failover:type_name -> vigil.v1.StartFailover
+	11, // 20: vigil.v1.Command.record_failover_step:type_name -> vigil.v1.RecordFailoverStep
+	12, // 21: vigil.v1.Command.finish_failover:type_name -> vigil.v1.FinishFailover
+	1,  // 22: vigil.v1.SyncGroups.groups:type_name -> vigil.v1.GroupSpec
+	13, // 23: vigil.v1.StartFailover.odown_at:type_name -> google.protobuf.Timestamp
+	5,  // 24: vigil.v1.RecordFailoverStep.step:type_name -> vigil.v1.FailoverStep
+	25, // [25:25] is the sub-list for method output_type
+	25, // [25:25] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_vigil_v1_state_proto_init() }
@@ -816,9 +1396,12 @@ func file_vigil_v1_state_proto_init() {
 	if File_vigil_v1_state_proto != nil {
 		return
 	}
-	file_vigil_v1_state_proto_msgTypes[5].OneofWrappers = []any{
+	file_vigil_v1_state_proto_msgTypes[7].OneofWrappers = []any{
 		(*Command_SyncGroups)(nil),
 		(*Command_SetPaused)(nil),
+		(*Command_StartFailover)(nil),
+		(*Command_RecordFailoverStep)(nil),
+		(*Command_FinishFailover)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -826,7 +1409,7 @@ func file_vigil_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vigil_v1_state_proto_rawDesc), len(file_vigil_v1_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

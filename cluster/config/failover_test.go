@@ -1,0 +1,43 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestFailoverDefaults(t *testing.T) {
+	c, err := Parse(readValid(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := c.Groups[0].Failover
+	if f.Fence != FenceStrict || f.PromoteTimeout.D() != 30*time.Second || f.StepTimeout.D() != 30*time.Second ||
+		f.Postgres == nil || f.Postgres.User != "postgres" || f.Postgres.ReplicationUser != "postgres" || f.VetoBackoff.D() != 30*time.Second {
+		t.Fatalf("failover defaults: %+v (postgres %+v)", f, f.Postgres)
+	}
+}
+
+func TestFailoverValidation(t *testing.T) {
+	cases := []struct {
+		name  string
+		mut   mutation
+		field string
+		value string
+	}{
+		{"bad fence policy", set("groups[0].failover.fence", "yolo"), "groups[0].failover.fence", "yolo"},
+		{"hook not found", set("groups[0].failover.hooks.pre_failover", map[string]any{"command": []any{"no-such-hook-xyz"}}), "groups[0].failover.hooks.pre_failover.command", "no-such-hook-xyz"},
+		{"hook without command", set("groups[0].failover.hooks.fence", map[string]any{"timeout": "1s"}), "groups[0].failover.hooks.fence.command", ""},
+		{"bad datacenter", set("groups[0].failover.allowed_datacenters", []any{"a b"}), "groups[0].failover.allowed_datacenters[0]", "a b"},
+		{"bad sslmode", set("groups[0].failover.postgres", map[string]any{"sslmode": "maybe"}), "groups[0].failover.postgres.sslmode", "maybe"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Parse(mutate(t, c.mut))
+			fe := fieldError(t, err, c.field)
+			if c.value != "" && !strings.Contains(fe.Error(), c.value) {
+				t.Fatalf("error %q does not show the value %q", fe.Error(), c.value)
+			}
+		})
+	}
+}

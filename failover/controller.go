@@ -1,0 +1,619 @@
+package failover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vigilha/vigil/fsm"
+	"github.com/vigilha/vigil/health"
+	vigilv1 "github.com/vigilha/vigil/proto/vigil/v1"
+)
+
+// Log is the replicated log as the leader uses it. Propose fails on an
+// observer that is not (or no longer) the leader.
+type Log interface {
+	Propose(ctx context.Context, cmd *vigilv1.Command) (fsm.Result, error)
+	VerifyLeader(ctx context.Context) error
+}
+
+// State is the replicated state, read-only.
+type State interface {
+	Groups() []*vigilv1.Group
+	Group(name string) (*vigilv1.Group, bool)
+}
+
+// Health is the aggregated health view.
+type Health interface {
+	Health(group string) []*vigilv1.MemberHealth
+	ODown(group, member string) (bool, time.Time)
+	Primary(group string) (health.PrimaryMemo, bool)
+}
+
+// PreFailoverCheck may veto an automatic failover.
+type PreFailoverCheck interface {
+	Check(ctx context.Context, a Action) error
+}
+
+// CatchUp is what a planned switchover needs to lose nothing: the old
+// primary's final WAL position and a wait until the target replayed it.
+type CatchUp interface {
+	CurrentLSN(ctx context.Context, m Member) (lsn uint64, inRecovery bool, err error)
+	WaitReplayed(ctx context.Context, m Member, lsn uint64) error
+}
+
+// Unfencer undoes a fence when a failover is aborted before promotion.
+type Unfencer interface {
+	Unfence(ctx context.Context, m Member) error
+}
+
+// GroupActuators are the actuators and policy of one group.
+type GroupActuators struct {
+	// Fencers are tried in order until one confirms.
+	Fencers   []Fencer
+	Promoter  Promoter
+	Repointer Repointer
+	Routers   []Router
+	Notifiers []Notifier
+	// Optional.
+	PreFailover PreFailoverCheck
+	CatchUp     CatchUp
+	Unfencer    Unfencer
+
+	// BestEffortFence lets a failover go on when no fencer confirms.
+	BestEffortFence    bool
+	StepTimeout        time.Duration
+	PromoteTimeout     time.Duration
+	VetoBackoff        time.Duration
+	AnyStandby         bool
+	AllowedDatacenters []string
+}
+
+// Options configure a Controller.
+type Options struct {
+	// Self is this observer's id (recorded as the actor of every step).
+	Self   string
+	Log    Log
+	State  State
+	Health Health
+	// Actuators returns a group's actuators; false when the group cannot
+	// be failed over by this observer (unknown in its config).
+	Actuators func(group string) (GroupActuators, bool)
+	Logger    *slog.Logger
+	Metrics   *Metrics
+	Now       func() time.Time
+	// Tick is how often groups are examined (default 100ms).
+	Tick time.Duration
+	// AfterStep, for tests, runs right after a step is committed.
+	AfterStep func(ctx context.Context, group string, epoch uint64, step string)
+}
+
+// Controller decides and runs failovers. It runs only on the Raft leader,
+// inside the leader loop; every action it takes is first committed to the
+// log with the group's new epoch, so a new leader resumes the same
+// failover and a deposed one cannot commit its next step.
+type Controller struct {
+	opt Options
+	log *slog.Logger
+
+	mu      sync.Mutex
+	running map[string]bool      // groups with a failover goroutine
+	backoff map[string]time.Time // groups not to retry before then
+	status  map[string]string    // why a group is not being failed over
+	runCtx  context.Context      // the current leadership's context
+	wg      *sync.WaitGroup
+}
+
+// NewController returns a controller; Run starts it.
+func NewController(opt Options) *Controller {
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	if opt.Tick <= 0 {
+		opt.Tick = 100 * time.Millisecond
+	}
+	if opt.Metrics == nil {
+		opt.Metrics = NewMetrics(nil)
+	}
+	return &Controller{opt: opt, log: opt.Logger, running: map[string]bool{}, backoff: map[string]time.Time{}, status: map[string]string{}}
+}
+
+// Run examines every group each tick until ctx (the leadership) ends, and
+// waits for the failovers it started to stop.
+func (c *Controller) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	c.mu.Lock()
+	c.runCtx, c.wg = ctx, &wg
+	c.mu.Unlock()
+	defer func() {
+		wg.Wait()
+		c.mu.Lock()
+		c.runCtx, c.wg = nil, nil
+		c.mu.Unlock()
+	}()
+	t := time.NewTicker(c.opt.Tick)
+	defer t.Stop()
+	for {
+		for _, g := range c.opt.State.Groups() {
+			c.consider(ctx, g)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Status returns why the controller is not failing a group over (empty
+// when it has nothing to say), as last seen on the leader.
+func (c *Controller) Status(group string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.status[group]
+}
+
+func (c *Controller) setStatus(group, s string) {
+	c.mu.Lock()
+	old := c.status[group]
+	c.status[group] = s
+	c.mu.Unlock()
+	if s != old && s != "" {
+		c.log.Info("group not failed over", "group", group, "why", s)
+	}
+}
+
+// consider decides whether a group needs a failover now, and starts or
+// resumes it.
+func (c *Controller) consider(ctx context.Context, g *vigilv1.Group) {
+	name := g.GetSpec().GetName()
+	c.mu.Lock()
+	busy := c.running[name]
+	until := c.backoff[name]
+	c.mu.Unlock()
+	if busy {
+		return
+	}
+	if a := g.GetActiveFailover(); a != nil {
+		// Left unfinished by us or by a previous leader: roll it forward.
+		c.log.Info("resuming failover", "group", name, "epoch", a.GetEpoch(), "next_step", fsm.NextStep(a))
+		c.start(ctx, name, a.GetEpoch(), nil)
+		return
+	}
+	primary := g.GetPrimary()
+	odown, since := c.opt.Health.ODown(name, primary)
+	c.opt.Metrics.setPaused(name, g.GetPaused())
+	if !odown {
+		c.setStatus(name, "")
+		return
+	}
+	now := c.opt.Now()
+	switch {
+	case g.GetPaused():
+		c.setStatus(name, "paused: primary "+primary+" is ODOWN but the group is in maintenance")
+		return
+	case g.GetLastFailoverAt() != nil && now.Before(g.GetLastFailoverAt().AsTime().Add(time.Duration(g.GetSpec().GetCooldownMs())*time.Millisecond)):
+		end := g.GetLastFailoverAt().AsTime().Add(time.Duration(g.GetSpec().GetCooldownMs()) * time.Millisecond)
+		c.setStatus(name, fmt.Sprintf("cooldown: primary %s is ODOWN, last failover at %s, no automatic failover before %s",
+			primary, g.GetLastFailoverAt().AsTime().UTC().Format(time.RFC3339), end.UTC().Format(time.RFC3339)))
+		return
+	case now.Before(until):
+		return
+	}
+	acts, ok := c.opt.Actuators(name)
+	if !ok {
+		c.setStatus(name, "this observer has no configuration to act on the group")
+		return
+	}
+	cand, err := c.pick(g, acts, false, "")
+	if err != nil {
+		c.opt.Metrics.noCandidate.WithLabelValues(name).Inc()
+		c.setStatus(name, "primary "+primary+" is ODOWN: "+err.Error())
+		return
+	}
+	action := Action{Group: name, Epoch: g.GetEpoch() + 1, Kind: fsm.KindFailover, Old: member(g, primary), New: member(g, cand.Name)}
+	if acts.PreFailover != nil {
+		hctx, cancel := context.WithTimeout(ctx, acts.StepTimeout)
+		err := acts.PreFailover.Check(hctx, action)
+		cancel()
+		if err != nil {
+			c.mu.Lock()
+			c.backoff[name] = now.Add(acts.VetoBackoff)
+			c.mu.Unlock()
+			c.opt.Metrics.failovers.WithLabelValues(name, fsm.KindFailover, "vetoed").Inc()
+			c.setStatus(name, fmt.Sprintf("pre_failover hook vetoed failover to %s (retry after %s): %v", cand.Name, acts.VetoBackoff, err))
+			c.notify(ctx, acts, action, "pre_failover", "vetoed", err.Error())
+			return
+		}
+	}
+	reason := fmt.Sprintf("primary %s ODOWN since %s", primary, since.UTC().Format("15:04:05.000"))
+	if err := c.commitStart(ctx, action, reason, since); err != nil {
+		c.log.Warn("could not start failover", "group", name, "err", err)
+		return
+	}
+	c.setStatus(name, "")
+	c.start(ctx, name, action.Epoch, nil)
+}
+
+// pick chooses the new primary: the named member (checked) or the best.
+func (c *Controller) pick(g *vigilv1.Group, acts GroupActuators, manual bool, to string) (Candidate, error) {
+	name := g.GetSpec().GetName()
+	in := CandidateInput{Spec: g.GetSpec(), Primary: g.GetPrimary(), Health: c.opt.Health.Health(name),
+		AllowedDatacenters: acts.AllowedDatacenters, Manual: manual}
+	if p, ok := c.opt.Health.Primary(name); ok && p.Member == g.GetPrimary() {
+		in.PrimaryLSN = p.LSN
+		if !acts.AnyStandby {
+			in.SyncStandbys = p.SyncStandbys
+		}
+	}
+	ranked := Rank(in)
+	for _, cand := range ranked {
+		c.opt.Metrics.setEligible(name, cand.Name, cand.Eligible)
+	}
+	if to == "" {
+		return Best(in)
+	}
+	for _, cand := range ranked {
+		if cand.Name == to {
+			if !cand.Eligible {
+				return Candidate{}, fmt.Errorf("member %s is not eligible: %s", to, cand.Reason)
+			}
+			return cand, nil
+		}
+	}
+	return Candidate{}, fmt.Errorf("member %q is not a standby of group %s", to, name)
+}
+
+func (c *Controller) commitStart(ctx context.Context, a Action, reason string, odownAt time.Time) error {
+	sf := &vigilv1.StartFailover{Group: a.Group, Epoch: a.Epoch, Kind: a.Kind, OldPrimary: a.Old.Name, NewPrimary: a.New.Name, Reason: reason}
+	if !odownAt.IsZero() {
+		sf.OdownAt = timestamp(odownAt)
+	}
+	_, err := c.opt.Log.Propose(ctx, &vigilv1.Command{Actor: c.opt.Self, Cmd: &vigilv1.Command_StartFailover{StartFailover: sf}})
+	if err != nil {
+		return fmt.Errorf("commit failover intent for %s epoch %d: %w", a.Group, a.Epoch, err)
+	}
+	c.log.Info("failover started", "group", a.Group, "epoch", a.Epoch, "kind", a.Kind, "old", a.Old.Name, "new", a.New.Name, "reason", reason)
+	return nil
+}
+
+// start runs the failover of epoch in its own goroutine under the
+// leadership context; done, if set, is closed when it ends.
+func (c *Controller) start(ctx context.Context, group string, epoch uint64, done chan struct{}) {
+	c.mu.Lock()
+	if c.running[group] || c.wg == nil {
+		c.mu.Unlock()
+		if done != nil {
+			close(done)
+		}
+		return
+	}
+	c.running[group] = true
+	wg := c.wg
+	wg.Add(1)
+	c.mu.Unlock()
+	go func() {
+		defer wg.Done()
+		defer func() {
+			c.mu.Lock()
+			delete(c.running, group)
+			c.mu.Unlock()
+			if done != nil {
+				close(done)
+			}
+		}()
+		if err := c.run(ctx, group, epoch); err != nil && ctx.Err() == nil {
+			c.log.Error("failover stopped", "group", group, "epoch", epoch, "err", err)
+		}
+	}()
+}
+
+func member(g *vigilv1.Group, name string) Member {
+	for _, m := range g.GetSpec().GetMembers() {
+		if m.GetName() == name {
+			return Member{Name: name, Address: m.GetAddress()}
+		}
+	}
+	return Member{Name: name}
+}
+
+// run rolls the failover of epoch forward from its last committed step.
+// Each step is done, then committed; a commit that fails (leadership
+// lost) stops the run, and the next leader repeats the step (idempotent).
+func (c *Controller) run(ctx context.Context, group string, epoch uint64) error {
+	for {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		g, ok := c.opt.State.Group(group)
+		if !ok {
+			return fmt.Errorf("group %s disappeared", group)
+		}
+		a := g.GetActiveFailover()
+		if a == nil || a.GetEpoch() != epoch {
+			return nil // finished (by us or another leader)
+		}
+		acts, ok := c.opt.Actuators(group)
+		if !ok {
+			return fmt.Errorf("no actuators for group %s", group)
+		}
+		action := Action{Group: group, Epoch: epoch, Kind: a.GetKind(), Old: member(g, a.GetOldPrimary()), New: member(g, a.GetNewPrimary())}
+		step := fsm.NextStep(a)
+		if step == "" {
+			return c.finish(ctx, action, a, fsm.OutcomeCompleted, "")
+		}
+		start := c.opt.Now()
+		detail, abort, err := c.do(ctx, g, acts, action, step)
+		if err != nil {
+			return fmt.Errorf("step %s: %w", step, err)
+		}
+		if abort != "" {
+			c.opt.Metrics.failovers.WithLabelValues(group, a.GetKind(), "aborted").Inc()
+			c.notify(ctx, acts, action, step, "aborted", abort)
+			c.mu.Lock()
+			c.backoff[group] = c.opt.Now().Add(acts.VetoBackoff)
+			c.mu.Unlock()
+			return c.finish(ctx, action, a, fsm.OutcomeAborted, abort)
+		}
+		took := c.opt.Now().Sub(start)
+		_, err = c.opt.Log.Propose(ctx, &vigilv1.Command{Actor: c.opt.Self, Cmd: &vigilv1.Command_RecordFailoverStep{RecordFailoverStep: &vigilv1.RecordFailoverStep{
+			Group: group, Epoch: epoch, Step: &vigilv1.FailoverStep{Name: step, Detail: detail, DurationMs: took.Milliseconds()}}}})
+		if err != nil {
+			return fmt.Errorf("commit step %s of epoch %d: %w", step, epoch, err)
+		}
+		c.opt.Metrics.stepDuration.WithLabelValues(step).Observe(took.Seconds())
+		c.log.Info("failover step committed", "group", group, "epoch", epoch, "step", step, "took", took, "detail", detail)
+		c.notify(ctx, acts, action, step, "ok", detail)
+		if c.opt.AfterStep != nil {
+			c.opt.AfterStep(ctx, group, epoch, step)
+		}
+	}
+}
+
+// do performs one step. It returns the step's detail, or a reason to
+// abort the failover (only before promotion), or an error that stops this
+// leader's run (to be resumed).
+func (c *Controller) do(ctx context.Context, g *vigilv1.Group, acts GroupActuators, a Action, step string) (detail, abort string, err error) {
+	switch step {
+	case fsm.StepFenced:
+		if err := c.opt.Log.VerifyLeader(ctx); err != nil {
+			return "", "", fmt.Errorf("verify leadership before fencing: %w", err)
+		}
+		return c.fence(ctx, acts, a)
+	case fsm.StepPromoted:
+		if err := c.opt.Log.VerifyLeader(ctx); err != nil {
+			return "", "", fmt.Errorf("verify leadership before promotion: %w", err)
+		}
+		var last error
+		for attempt := 1; attempt <= 3; attempt++ {
+			pctx, cancel := context.WithTimeout(ctx, acts.PromoteTimeout)
+			last = acts.Promoter.Promote(pctx, a)
+			cancel()
+			if last == nil {
+				return fmt.Sprintf("%s promoted and writable", a.New.Name), "", nil
+			}
+			c.log.Warn("promotion failed", "group", a.Group, "member", a.New.Name, "attempt", attempt, "err", last)
+			if ctx.Err() != nil {
+				return "", "", ctx.Err()
+			}
+		}
+		c.unfence(ctx, acts, a)
+		return "", fmt.Sprintf("promotion of %s failed: %v", a.New.Name, last), nil
+	case fsm.StepRerouted:
+		if len(acts.Routers) == 0 {
+			return "no router configured", "", nil
+		}
+		var notes []string
+		for _, r := range acts.Routers {
+			rctx, cancel := context.WithTimeout(ctx, acts.StepTimeout)
+			err := r.Route(rctx, a)
+			cancel()
+			if err != nil {
+				notes = append(notes, err.Error())
+			}
+		}
+		if len(notes) > 0 {
+			return "routing errors: " + strings.Join(notes, "; "), "", nil
+		}
+		return "traffic routed to " + a.New.Name, "", nil
+	case fsm.StepStandbysRepointed:
+		var ok, failed []string
+		for _, m := range g.GetSpec().GetMembers() {
+			if m.GetName() == a.New.Name || m.GetName() == a.Old.Name {
+				continue
+			}
+			rctx, cancel := context.WithTimeout(ctx, acts.StepTimeout)
+			err := acts.Repointer.Repoint(rctx, a, Member{Name: m.GetName(), Address: m.GetAddress()})
+			cancel()
+			if err != nil {
+				failed = append(failed, fmt.Sprintf("%s: %v", m.GetName(), err))
+			} else {
+				ok = append(ok, m.GetName())
+			}
+		}
+		d := fmt.Sprintf("following %s: [%s]", a.New.Name, strings.Join(ok, ", "))
+		if len(failed) > 0 {
+			d += "; not re-pointed: " + strings.Join(failed, "; ")
+		}
+		return d, "", nil
+	}
+	return "", "", fmt.Errorf("unknown step %q", step)
+}
+
+// fence tries each fencer in order until one confirms; for a switchover it
+// then waits until the new primary has replayed everything.
+func (c *Controller) fence(ctx context.Context, acts GroupActuators, a Action) (detail, abort string, err error) {
+	var notes []string
+	confirmed := false
+	for _, f := range acts.Fencers {
+		fctx, cancel := context.WithTimeout(ctx, acts.StepTimeout)
+		res, ferr := f.Fence(fctx, a)
+		cancel()
+		if ferr != nil {
+			notes = append(notes, ferr.Error())
+		} else if res.Detail != "" {
+			notes = append(notes, res.Detail)
+		}
+		if res.Confirmed {
+			confirmed = true
+			break
+		}
+	}
+	result := "confirmed"
+	if !confirmed {
+		result = "unconfirmed"
+	}
+	c.opt.Metrics.fences.WithLabelValues(a.Group, result).Inc()
+	detail = strings.Join(notes, "; ")
+	if !confirmed {
+		if !acts.BestEffortFence || a.Kind == fsm.KindSwitchover {
+			c.opt.Metrics.fenceFailures.WithLabelValues(a.Group).Inc()
+			return "", "no fence method confirmed the old primary cannot take writes (fence: strict): " + detail, nil
+		}
+		detail = "UNCONFIRMED (fence: best_effort): " + detail
+	}
+	if a.Kind == fsm.KindSwitchover && acts.CatchUp != nil {
+		cctx, cancel := context.WithTimeout(ctx, acts.StepTimeout)
+		defer cancel()
+		lsn, _, err := acts.CatchUp.CurrentLSN(cctx, a.Old)
+		if err != nil {
+			c.unfence(ctx, acts, a)
+			return "", "switchover: cannot read the old primary's final WAL position: " + err.Error(), nil
+		}
+		if err := acts.CatchUp.WaitReplayed(cctx, a.New, lsn); err != nil {
+			c.unfence(ctx, acts, a)
+			return "", fmt.Sprintf("switchover: %s did not replay up to %X/%X: %v", a.New.Name, lsn>>32, uint32(lsn), err), nil
+		}
+		detail += fmt.Sprintf("; %s caught up to %X/%X", a.New.Name, lsn>>32, uint32(lsn))
+	}
+	return detail, "", nil
+}
+
+// unfence lets the old primary take writes again after an abort, when it
+// was fenced by a reversible method.
+func (c *Controller) unfence(ctx context.Context, acts GroupActuators, a Action) {
+	if acts.Unfencer == nil {
+		return
+	}
+	uctx, cancel := context.WithTimeout(ctx, acts.StepTimeout)
+	defer cancel()
+	if err := acts.Unfencer.Unfence(uctx, a.Old); err != nil {
+		c.log.Warn("could not unfence the old primary after abort", "group", a.Group, "member", a.Old.Name, "err", err)
+	}
+}
+
+func (c *Controller) finish(ctx context.Context, a Action, f *vigilv1.Failover, outcome, detail string) error {
+	if outcome == fsm.OutcomeCompleted {
+		total := c.opt.Now().Sub(f.GetStartedAt().AsTime())
+		if f.GetOdownAt() != nil {
+			total = c.opt.Now().Sub(f.GetOdownAt().AsTime())
+		}
+		detail = fmt.Sprintf("%s is primary; %s after %s", a.New.Name, total.Round(time.Millisecond), map[bool]string{true: "ODOWN", false: "start"}[f.GetOdownAt() != nil])
+		c.opt.Metrics.duration.WithLabelValues(f.GetKind()).Observe(c.opt.Now().Sub(f.GetStartedAt().AsTime()).Seconds())
+		c.opt.Metrics.failovers.WithLabelValues(a.Group, f.GetKind(), "completed").Inc()
+	}
+	_, err := c.opt.Log.Propose(ctx, &vigilv1.Command{Actor: c.opt.Self, Cmd: &vigilv1.Command_FinishFailover{FinishFailover: &vigilv1.FinishFailover{
+		Group: a.Group, Epoch: a.Epoch, Outcome: outcome, Detail: detail}}})
+	if err != nil {
+		return fmt.Errorf("commit %s of epoch %d: %w", outcome, a.Epoch, err)
+	}
+	c.log.Info("failover finished", "group", a.Group, "epoch", a.Epoch, "outcome", outcome, "detail", detail)
+	if acts, ok := c.opt.Actuators(a.Group); ok {
+		c.notify(ctx, acts, a, "finished", outcome, detail)
+	}
+	return nil
+}
+
+func (c *Controller) notify(ctx context.Context, acts GroupActuators, a Action, step, outcome, detail string) {
+	for _, n := range acts.Notifiers {
+		n.Notify(ctx, Event{Action: a, Step: step, Outcome: outcome, Detail: detail, At: c.opt.Now()})
+	}
+}
+
+// ErrNotRunning is returned by Request when this observer is not leading.
+var ErrNotRunning = errors.New("failover controller not running on this observer (not the leader, or leadership not yet established)")
+
+// Request runs an operator's switchover (planned, zero data loss) or
+// forced failover to member `to` (the best candidate when empty). It
+// returns once the failover finished or ctx ended (the failover goes on).
+func (c *Controller) Request(ctx context.Context, group, kind, to string) (*vigilv1.Failover, error) {
+	c.mu.Lock()
+	runCtx := c.runCtx
+	c.mu.Unlock()
+	if runCtx == nil {
+		return nil, ErrNotRunning
+	}
+	g, ok := c.opt.State.Group(group)
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", fsm.ErrGroupNotFound, group)
+	}
+	if a := g.GetActiveFailover(); a != nil {
+		return nil, fmt.Errorf("%w: failover of epoch %d is in progress", ErrRefused, a.GetEpoch())
+	}
+	acts, ok := c.opt.Actuators(group)
+	if !ok {
+		return nil, fmt.Errorf("%w: this observer has no configuration to act on group %s", ErrRefused, group)
+	}
+	primary := g.GetPrimary()
+	if kind == fsm.KindSwitchover {
+		if odown, _ := c.opt.Health.ODown(group, primary); odown {
+			return nil, fmt.Errorf("%w: primary %s is ODOWN; a switchover needs a live primary (use failover --force)", ErrRefused, primary)
+		}
+		if acts.CatchUp == nil {
+			return nil, fmt.Errorf("%w: group %s has no way to wait for catch-up (not a postgres group)", ErrRefused, group)
+		}
+	}
+	cand, err := c.pick(g, acts, true, to)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrRefused, err)
+	}
+	a := Action{Group: group, Epoch: g.GetEpoch() + 1, Kind: kind, Old: member(g, primary), New: member(g, cand.Name)}
+	reason := fmt.Sprintf("%s requested by operator", kind)
+	if err := c.commitStart(ctx, a, reason, time.Time{}); err != nil {
+		return nil, err
+	}
+	done := make(chan struct{})
+	c.start(runCtx, group, a.Epoch, done)
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	g, _ = c.opt.State.Group(group)
+	if act := g.GetActiveFailover(); act != nil && act.GetEpoch() == a.Epoch {
+		return act, nil
+	}
+	for i := len(g.GetFailovers()) - 1; i >= 0; i-- {
+		if f := g.GetFailovers()[i]; f.GetEpoch() == a.Epoch {
+			return f, nil
+		}
+	}
+	return nil, fmt.Errorf("failover of epoch %d not found after it ran", a.Epoch)
+}
+
+// ErrRefused marks an operator request refused with a reason.
+var ErrRefused = errors.New("refused")
+
+// Candidates ranks a group's members for promotion as this observer sees
+// them (for operators: who would be promoted, and why not the others).
+func (c *Controller) Candidates(group string) ([]Candidate, error) {
+	g, ok := c.opt.State.Group(group)
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", fsm.ErrGroupNotFound, group)
+	}
+	acts, _ := c.opt.Actuators(group)
+	in := CandidateInput{Spec: g.GetSpec(), Primary: g.GetPrimary(), Health: c.opt.Health.Health(group), AllowedDatacenters: acts.AllowedDatacenters}
+	if p, ok := c.opt.Health.Primary(group); ok && p.Member == g.GetPrimary() {
+		in.PrimaryLSN = p.LSN
+		if !acts.AnyStandby {
+			in.SyncStandbys = p.SyncStandbys
+		}
+	}
+	return Rank(in), nil
+}
