@@ -36,7 +36,7 @@ proto: proto-tools
 
 ## lint: gofmt and go vet must be clean.
 lint:
-	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './.git/*')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(GOFLAGS_BUILD) ./...
 
 ## bench: leader re-election and Raft commit latency (figures go to docs/BENCHMARKS.md).

@@ -3,6 +3,8 @@ package cluster
 import (
 	"strconv"
 
+	vigilv1 "github.com/vigilha/vigil/proto/vigil/v1"
+
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -119,5 +121,55 @@ func stateName(s raft.RaftState) string {
 		return "leader"
 	default:
 		return "shutdown"
+	}
+}
+
+// groupCollector exports the replicated state of every group, the same on
+// every observer.
+type groupCollector struct {
+	groups                             func() []*vigilv1.Group
+	epoch, paused, inProgress, primary *prometheus.Desc
+	failoversDone                      *prometheus.Desc
+}
+
+func newGroupCollector(groups func() []*vigilv1.Group) *groupCollector {
+	return &groupCollector{
+		groups:        groups,
+		epoch:         prometheus.NewDesc("vigil_group_epoch", "Current epoch (fencing token) of the group; rises with every failover.", []string{"group"}, nil),
+		paused:        prometheus.NewDesc("vigil_group_paused", "1 while the group is paused (maintenance: observe, never act).", []string{"group"}, nil),
+		inProgress:    prometheus.NewDesc("vigil_group_failover_in_progress", "1 while a failover of the group is in progress.", []string{"group"}, nil),
+		primary:       prometheus.NewDesc("vigil_group_primary", "1 for the member the replicated state holds as the group's primary.", []string{"group", "member"}, nil),
+		failoversDone: prometheus.NewDesc("vigil_group_failovers_recorded", "Finished failovers kept in the group's history, by outcome.", []string{"group", "outcome"}, nil),
+	}
+}
+
+func (c *groupCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.epoch, c.paused, c.inProgress, c.primary, c.failoversDone} {
+		ch <- d
+	}
+}
+
+func (c *groupCollector) Collect(ch chan<- prometheus.Metric) {
+	b := func(v bool) float64 {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	for _, g := range c.groups() {
+		name := g.GetSpec().GetName()
+		ch <- prometheus.MustNewConstMetric(c.epoch, prometheus.GaugeValue, float64(g.GetEpoch()), name)
+		ch <- prometheus.MustNewConstMetric(c.paused, prometheus.GaugeValue, b(g.GetPaused()), name)
+		ch <- prometheus.MustNewConstMetric(c.inProgress, prometheus.GaugeValue, b(g.GetActiveFailover() != nil), name)
+		for _, m := range g.GetSpec().GetMembers() {
+			ch <- prometheus.MustNewConstMetric(c.primary, prometheus.GaugeValue, b(m.GetName() == g.GetPrimary()), name, m.GetName())
+		}
+		outcomes := map[string]int{"completed": 0, "aborted": 0}
+		for _, f := range g.GetFailovers() {
+			outcomes[f.GetOutcome()]++
+		}
+		for o, n := range outcomes {
+			ch <- prometheus.MustNewConstMetric(c.failoversDone, prometheus.GaugeValue, float64(n), name, o)
+		}
 	}
 }

@@ -151,7 +151,7 @@ func New(opts Options) (o *Observer, err error) {
 		return nil, fmt.Errorf("start observer: %w", err)
 	}
 	closers = append(closers, func() { _ = o.gossip.shutdown(time.Second) })
-	reg.MustRegister(newRaftCollector(o.raft, o.gossip.AliveMembers, o.fsm.AppliedIndex))
+	reg.MustRegister(newRaftCollector(o.raft, o.gossip.AliveMembers, o.fsm.AppliedIndex), newGroupCollector(o.fsm.Groups))
 
 	ids := make([]string, 0, len(cfg.Observers))
 	for _, ob := range cfg.Observers {

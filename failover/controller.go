@@ -189,7 +189,6 @@ func (c *Controller) consider(ctx context.Context, g *vigilv1.Group) {
 	}
 	primary := g.GetPrimary()
 	odown, since := c.opt.Health.ODown(name, primary)
-	c.opt.Metrics.setPaused(name, g.GetPaused())
 	if !odown {
 		c.setStatus(name, "")
 		return

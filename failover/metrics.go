@@ -16,7 +16,6 @@ type Metrics struct {
 	fenceFailures *prometheus.CounterVec
 	noCandidate   *prometheus.CounterVec
 	eligible      *prometheus.GaugeVec
-	paused        *prometheus.GaugeVec
 }
 
 // NewMetrics creates the metrics and registers them with reg (if not nil).
@@ -45,12 +44,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		eligible: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "vigil_candidate_eligible", Help: "1 if the member may be promoted automatically now, as the leader judged it last.",
 		}, []string{"group", "member"}),
-		paused: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "vigil_group_paused", Help: "1 while the group is paused (maintenance: observe, never act).",
-		}, []string{"group"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.failovers, m.duration, m.stepDuration, m.fences, m.fenceFailures, m.noCandidate, m.eligible, m.paused)
+		reg.MustRegister(m.failovers, m.duration, m.stepDuration, m.fences, m.fenceFailures, m.noCandidate, m.eligible)
 	}
 	return m
 }
@@ -61,14 +57,6 @@ func (m *Metrics) setEligible(group, member string, ok bool) {
 		v = 1
 	}
 	m.eligible.WithLabelValues(group, member).Set(v)
-}
-
-func (m *Metrics) setPaused(group string, paused bool) {
-	v := 0.0
-	if paused {
-		v = 1
-	}
-	m.paused.WithLabelValues(group).Set(v)
 }
 
 func timestamp(t time.Time) *timestamppb.Timestamp { return timestamppb.New(t) }

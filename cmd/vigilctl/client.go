@@ -89,9 +89,10 @@ func (e *allFailedError) Error() string {
 // deadline, and returns the first final answer. An address that cannot be
 // reached, does not answer in time, reports Unavailable (no leader) or does
 // not implement the call is skipped; any other error is the observer's
-// answer and is returned as is. Every admin call is safe to repeat: reads
-// trivially, and pausing a paused group (or resuming a running one)
-// changes nothing.
+// answer and is returned as is. Only calls that are safe to repeat may be
+// made this way: reads trivially, and pausing a paused group (or resuming
+// a running one) changes nothing. Switchover and Failover are not (a
+// second attempt could start a second failover) and use invokeOnce.
 func invoke[T any](ctx context.Context, c *client, fn func(context.Context, vigilv1.AdminClient) (T, error)) (T, error) {
 	var zero T
 	var failed []attempt
@@ -213,10 +214,18 @@ func callOnce[T any](ctx context.Context, conn *grpc.ClientConn, wait time.Durat
 	if ctx.Err() != nil {
 		return zero, fmt.Errorf("interrupted: %w", ctx.Err())
 	}
-	if status.Code(err) == codes.DeadlineExceeded && errors.Is(cctx.Err(), context.DeadlineExceeded) {
+	if status.Code(err) == codes.DeadlineExceeded && deadlinePassed(cctx) {
+		// The observer's copy of the deadline may expire just before ours.
 		return zero, status.Errorf(codes.DeadlineExceeded, "no answer within %s", wait)
 	}
 	return zero, err
+}
+
+// deadlinePassed reports whether ctx's deadline has passed, even if its
+// timer has yet to fire.
+func deadlinePassed(ctx context.Context) bool {
+	dl, ok := ctx.Deadline()
+	return ctx.Err() != nil || (ok && !time.Now().Before(dl))
 }
 
 // sentError is the failure of a call that reached an observer (or may

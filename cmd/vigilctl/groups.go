@@ -87,7 +87,23 @@ its vote):
                   count
 
 "health: no votes yet" means the observer has no votes about the group
-(it just started, or is too old to report health). The history lists the
+(it just started, or is too old to report health).
+
+The candidates table ranks the standbys for promotion as the answering
+observer sees them, best first: MEMBER, ELIGIBLE (yes or no), PRIORITY,
+WAL (position), LAG (replication lag) and the REASON one is not
+eligible. Below it:
+
+  controller: ...             why the leader is not failing the group
+                              over (cooldown, paused, no eligible
+                              candidate, fence failed); only shown by
+                              the leader when there is something to say
+  failover in progress: ...   epoch, kind, old -> new primary and the
+                              step it is at
+  last failover: ...          the last finished failover: epoch, when,
+                              old -> new primary and its outcome
+
+"vigilctl history" shows every failover step by step. The history lists the
 group's recorded events, newest last, with the Raft index, epoch and actor
 (config, controller or an operator) of each.`,
 		Example: `  vigilctl group pg-main

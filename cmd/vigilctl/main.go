@@ -1,6 +1,8 @@
 // Command vigilctl is the admin client of vigil. It talks to the gRPC admin
 // API of the observers: it shows the observer cluster and the replicated
-// state of every group, and pauses or resumes automatic failover of a group.
+// state of every group, pauses or resumes automatic failover of a group,
+// hands the primary role over (switchover, forced failover) and shows the
+// failovers of a group as timelines.
 package main
 
 import (
@@ -70,6 +72,12 @@ type usageError struct{ error }
 
 func (e usageError) Unwrap() error { return e.error }
 
+// reportedFailure fails the command (exit 1) when its output has already
+// said why; nothing more is printed.
+type reportedFailure struct{}
+
+func (reportedFailure) Error() string { return "failed (see output)" }
+
 func usageErrorf(format string, args ...any) error {
 	return usageError{fmt.Errorf(format, args...)}
 }
@@ -87,6 +95,10 @@ func (a *app) runContext(ctx context.Context, args []string) int {
 	cmd, err := root.ExecuteContextC(ctx)
 	if err == nil {
 		return 0
+	}
+	var rf reportedFailure
+	if errors.As(err, &rf) {
+		return 1
 	}
 	fmt.Fprintf(a.stderr, "vigilctl: %v\n", err)
 	var oe *opError
@@ -114,8 +126,10 @@ func (a *app) newRootCmd() *cobra.Command {
 every observer serves: it shows the observer cluster (Raft leader, term,
 indexes, gossip state), the replicated state of every group (primary,
 fencing epoch, members, history) with the members' health as the
-observers vote on it, streams changes of that health, and pauses or
-resumes automatic failover of a group for maintenance.
+observers vote on it, streams changes of that health, pauses or resumes
+automatic failover of a group for maintenance, hands the primary role to
+another member (switchover without data loss, or a forced failover) and
+shows a group's failovers step by step.
 
 Any observer can answer: reads come from its replicated state and writes
 are forwarded to the Raft leader. Give several observers with --addr (or
@@ -123,6 +137,10 @@ $VIGIL_ADDR), separated by commas; vigilctl tries them in order and uses
 the first that answers, so it keeps working while one observer is down.
 An observer that cannot be reached, does not answer within --timeout, or
 reports that no leader is available makes vigilctl try the next address.
+Switchover and failover are the exception: they wait up to --wait for
+the failover to finish and are never sent to a second observer once one
+has received them (only an address that cannot be connected to is
+skipped), since that could start a second failover.
 
 Exit status: 0 on success, 1 when the operation failed (the error names
 every address that was tried), 2 on a usage error.`,
@@ -132,7 +150,10 @@ every address that was tried), 2 on a usage error.`,
   vigilctl group pg-main -o json
   vigilctl watch pg-main
   vigilctl pause pg-main --reason "kernel upgrade on pg1"
-  vigilctl resume pg-main`,
+  vigilctl resume pg-main
+  vigilctl switchover pg-main --to db2
+  vigilctl failover pg-main --to db3 --force
+  vigilctl history pg-main`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(*cobra.Command, []string) error {
@@ -154,7 +175,7 @@ every address that was tried), 2 on a usage error.`,
 	pf := root.PersistentFlags()
 	pf.StringVarP(&a.addrs, "addr", "a", defAddr,
 		"comma-separated gRPC addresses (host:port) of observers, tried in order (env "+addrEnv+")")
-	pf.DurationVar(&a.timeout, "timeout", defaultTimeout, "deadline of each attempt against one observer")
+	pf.DurationVar(&a.timeout, "timeout", defaultTimeout, "deadline of each attempt against one observer (switchover, failover: of connecting; see their --wait)")
 	pf.StringVarP(&a.output, "output", "o", outputTable, "output format: table or json")
 
 	root.AddCommand(
@@ -164,6 +185,9 @@ every address that was tried), 2 on a usage error.`,
 		a.newWatchCmd(),
 		a.newPauseCmd(),
 		a.newResumeCmd(),
+		a.newSwitchoverCmd(),
+		a.newFailoverCmd(),
+		a.newHistoryCmd(),
 		a.newVersionCmd(),
 	)
 	return root

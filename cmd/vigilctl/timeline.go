@@ -221,9 +221,14 @@ func timelineHeader(f *vigilv1.Failover) string {
 //
 // primary is the group's primary after the failover, if known.
 func failoverSummary(group string, f *vigilv1.Failover, primary string) (string, bool) {
-	group = cell(group)
+	s, ok := failoverOutcome(f, primary)
+	return cell(group) + ": " + s, ok
+}
+
+// failoverOutcome is failoverSummary without the group.
+func failoverOutcome(f *vigilv1.Failover, primary string) (string, bool) {
 	if f == nil {
-		return group + ": the observer returned no failover", false
+		return "the observer returned no failover", false
 	}
 	kind := kindLabel(f.GetKind())
 	switch f.GetOutcome() {
@@ -231,17 +236,17 @@ func failoverSummary(group string, f *vigilv1.Failover, primary string) (string,
 		if strings.TrimSpace(primary) == "" {
 			primary = f.GetNewPrimary()
 		}
-		return fmt.Sprintf("%s: %s completed, epoch %d, primary is %s", group, kind, f.GetEpoch(), cell(primary)), true
+		return fmt.Sprintf("%s completed, epoch %d, primary is %s", kind, f.GetEpoch(), cell(primary)), true
 	case outcomeAborted:
-		s := fmt.Sprintf("%s: %s aborted at %s", group, kind, abortedAt(f))
+		s := fmt.Sprintf("%s aborted at %s", kind, abortedAt(f))
 		if d := cellText(f.GetOutcomeDetail()); d != "" {
 			s += ": " + d
 		}
 		return s, false
 	case "":
-		return fmt.Sprintf("%s: %s still in progress, epoch %d, next step %s", group, kind, f.GetEpoch(), nextStep(f)), false
+		return fmt.Sprintf("%s still in progress, epoch %d, next step %s", kind, f.GetEpoch(), nextStep(f)), false
 	default:
-		s := fmt.Sprintf("%s: %s ended %s", group, kind, cell(f.GetOutcome()))
+		s := fmt.Sprintf("%s ended %s", kind, cell(f.GetOutcome()))
 		if d := cellText(f.GetOutcomeDetail()); d != "" {
 			s += ": " + d
 		}
