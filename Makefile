@@ -9,7 +9,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GOBIN_DIR := $(shell $(GO) env GOPATH)/bin
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build test test-short proto proto-tools lint bench demo clean
+.PHONY: all build test proto proto-tools lint bench demo demo-cluster clean
 
 all: lint build
 
@@ -17,6 +17,7 @@ build:
 	@mkdir -p $(BIN)
 	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/vigil ./cmd/vigil
 	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/vigilctl ./cmd/vigilctl
+	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/vigil-demo ./cmd/vigil-demo
 
 ## test: every test, race detector on (the README's test command; CI runs it).
 test: lint
@@ -43,8 +44,12 @@ lint:
 bench:
 	$(GO) test $(GOFLAGS_BUILD) -run '^$$' -bench . -benchtime 1x -timeout 30m ./...
 
-## demo: three real observers on this machine; see README.md.
+## demo: three real observers fail a real PostgreSQL primary over; see README.md.
 demo: build
+	./$(BIN)/vigil-demo -bin $(BIN)
+
+## demo-cluster: the observer cluster alone (election, forwarding, leader kill).
+demo-cluster: build
 	./deploy/demo/demo.sh
 
 clean:

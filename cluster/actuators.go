@@ -34,7 +34,7 @@ func buildActuators(cfg *config.Config, log *slog.Logger) (map[string]failover.G
 				ReplicationUser: p.ReplicationUser, PromoteTimeout: f.PromoteTimeout.D(), OpTimeout: f.StepTimeout.D(),
 			}, log.With("component", "pgactuator", "group", g.Name))
 			acts.Fencers = append(acts.Fencers, pg)
-			acts.Promoter, acts.Repointer, acts.CatchUp, acts.Unfencer = pg, pg, pg, pg
+			acts.Promoter, acts.Repointer, acts.CatchUp, acts.Unfencer, acts.Positioner = pg, pg, pg, pg, pg
 		}
 		h := f.Hooks
 		if h.Fence != nil {

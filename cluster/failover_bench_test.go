@@ -86,13 +86,14 @@ func oneFailoverRun(b *testing.B) map[string]time.Duration {
 			b.Fatalf("no write on a new primary within a minute")
 		}
 		gr, _ := c.Nodes[0].Obs.FSM().Group("pg-main")
-		if gr.GetPrimary() == "pg0" {
+		target := node(pg, gr.GetPrimary())
+		if gr.GetPrimary() == "pg0" || target == nil {
 			time.Sleep(2 * time.Millisecond)
 			continue
 		}
 		// The client follows the state: connect to the new primary and write.
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		conn, err := node(pg, gr.GetPrimary()).Connect(ctx)
+		conn, err := target.Connect(ctx)
 		if err == nil {
 			_, err = conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS bench_write (x int)")
 			conn.Close(context.Background())

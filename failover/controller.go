@@ -46,6 +46,13 @@ type CatchUp interface {
 	WaitReplayed(ctx context.Context, m Member, lsn uint64) error
 }
 
+// Positioner reads a member's WAL position live, so that the choice
+// between equally good candidates is made on where they are now rather
+// than where the last probe saw them.
+type Positioner interface {
+	WALPosition(ctx context.Context, m Member) (uint64, error)
+}
+
 // Unfencer undoes a fence when a failover is aborted before promotion.
 type Unfencer interface {
 	Unfence(ctx context.Context, m Member) error
@@ -63,6 +70,7 @@ type GroupActuators struct {
 	PreFailover PreFailoverCheck
 	CatchUp     CatchUp
 	Unfencer    Unfencer
+	Positioner  Positioner
 
 	// BestEffortFence lets a failover go on when no fencer confirms.
 	BestEffortFence    bool
@@ -217,6 +225,7 @@ func (c *Controller) consider(ctx context.Context, g *vigilv1.Group) {
 		c.setStatus(name, "primary "+primary+" is ODOWN: "+err.Error())
 		return
 	}
+	cand = c.refine(ctx, g, acts, cand)
 	action := Action{Group: name, Epoch: g.GetEpoch() + 1, Kind: fsm.KindFailover, Old: member(g, primary), New: member(g, cand.Name)}
 	if acts.PreFailover != nil {
 		hctx, cancel := context.WithTimeout(ctx, acts.StepTimeout)
@@ -268,6 +277,53 @@ func (c *Controller) pick(g *vigilv1.Group, acts GroupActuators, manual bool, to
 		}
 	}
 	return Candidate{}, fmt.Errorf("member %q is not a standby of group %s", to, name)
+}
+
+// refine re-reads, live, the WAL position of the eligible candidates that
+// share the best priority and takes the most advanced: probes are up to
+// one interval old, and with synchronous replication the standby holding
+// the last acknowledged commit must win. Members that do not answer keep
+// their probed position.
+func (c *Controller) refine(ctx context.Context, g *vigilv1.Group, acts GroupActuators, best Candidate) Candidate {
+	if acts.Positioner == nil {
+		return best
+	}
+	cands, err := c.Candidates(g.GetSpec().GetName())
+	if err != nil {
+		return best
+	}
+	var same []Candidate
+	for _, cd := range cands {
+		if cd.Eligible && cd.Priority == best.Priority {
+			same = append(same, cd)
+		}
+	}
+	if len(same) < 2 {
+		return best
+	}
+	var wg sync.WaitGroup
+	for i := range same {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			if lsn, err := acts.Positioner.WALPosition(pctx, member(g, same[i].Name)); err == nil {
+				same[i].LSN = lsn
+			}
+		}()
+	}
+	wg.Wait()
+	out := same[0]
+	for _, cd := range same[1:] {
+		if cd.LSN > out.LSN || (cd.LSN == out.LSN && cd.Name < out.Name) {
+			out = cd
+		}
+	}
+	if out.Name != best.Name {
+		c.log.Info("live WAL positions changed the candidate", "group", g.GetSpec().GetName(), "probed_best", best.Name, "chosen", out.Name)
+	}
+	return out
 }
 
 func (c *Controller) commitStart(ctx context.Context, a Action, reason string, odownAt time.Time) error {

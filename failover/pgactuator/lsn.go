@@ -113,3 +113,30 @@ func ParseLSN(s string) (uint64, error) {
 func FormatLSN(lsn uint64) string {
 	return fmt.Sprintf("%X/%X", lsn>>32, uint32(lsn))
 }
+
+// WALPosition returns how far m's WAL goes: on a standby the greater of
+// what it received and what it replayed (a promotion replays everything
+// received first), on a primary its current position. The controller uses
+// it to choose, at the moment of failover, the standby that lost least.
+func (a *Actuator) WALPosition(ctx context.Context, m failover.Member) (uint64, error) {
+	ctx, cancel := a.bound(ctx, 0)
+	defer cancel()
+	conn, err := a.connect(ctx, m)
+	if err != nil {
+		return 0, fmt.Errorf("pgactuator: WAL position of %s: %w", desc(m), err)
+	}
+	defer closeConn(conn)
+	var s string
+	err = conn.QueryRow(ctx, `
+SELECT CASE WHEN pg_is_in_recovery()
+            THEN greatest(coalesce(pg_last_wal_receive_lsn(), '0/0'), coalesce(pg_last_wal_replay_lsn(), '0/0'))
+            ELSE pg_current_wal_lsn() END::text`).Scan(&s)
+	if err != nil {
+		return 0, fmt.Errorf("pgactuator: WAL position of %s: %w", desc(m), err)
+	}
+	lsn, err := ParseLSN(s)
+	if err != nil {
+		return 0, fmt.Errorf("pgactuator: WAL position of %s: %w", desc(m), err)
+	}
+	return lsn, nil
+}
