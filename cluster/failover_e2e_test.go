@@ -3,6 +3,7 @@ package cluster_test
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -205,9 +206,37 @@ func assertOneWritable(t *testing.T, pg *pglab.Cluster, want string) {
 	}
 }
 
+// roleCode asks observer i's HTTP role endpoint.
+func roleCode(t *testing.T, c *clustertest.Cluster, i int, path string) int {
+	t.Helper()
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + c.Nodes[i].Obs.HTTPAddr() + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// waitRoles waits until every running observer answers each path with its code.
+func waitRoles(t *testing.T, c *clustertest.Cluster, want map[string]int) {
+	t.Helper()
+	clustertest.WaitFor(t, waitLong, fmt.Sprint("role endpoints ", want), func() (bool, string) {
+		for _, i := range c.Running() {
+			for path, code := range want {
+				if got := roleCode(t, c, i, path); got != code {
+					return false, fmt.Sprintf("%s: %s = %d", c.Nodes[i].ID, path, got)
+				}
+			}
+		}
+		return true, ""
+	})
+}
+
 func TestFailoverKillPrimary(t *testing.T) {
 	t.Parallel()
 	pg, c := failoverLab(t, labOptions{})
+	waitRoles(t, c, map[string]int{"/primary/pg-main/pg0": 200, "/primary/pg-main/pg1": 503, "/replica/pg-main/pg1": 200,
+		"/replica/pg-main/pg0": 503, "/primary/nope/pg0": 404})
 	exec(t, pg.Primary(), "CREATE TABLE t (id int)")
 	if err := pg.Primary().Kill(); err != nil {
 		t.Fatal(err)
@@ -235,6 +264,7 @@ func TestFailoverKillPrimary(t *testing.T) {
 	assertOnePrimary(t, pg, newP.Name)
 	assertFollows(t, newP, other)
 	query(t, newP, "INSERT INTO t VALUES (1) RETURNING id")
+	waitRoles(t, c, map[string]int{"/primary/pg-main/" + newP.Name: 200, "/primary/pg-main/pg0": 503, "/replica/pg-main/" + other.Name: 200})
 	// Every observer serves the same outcome.
 	c.WaitForApplied(waitLong, c.Nodes[c.Running()[0]].Obs.FSM().AppliedIndex())
 	for _, i := range c.Running() {

@@ -10,6 +10,8 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/vigilha/vigil/fsm"
 )
 
 func (o *Observer) startHTTP() error {
@@ -21,6 +23,8 @@ func (o *Observer) startHTTP() error {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(o.reg, promhttp.HandlerOpts{Registry: o.reg, Timeout: 10 * time.Second}))
 	mux.HandleFunc("GET /health", o.handleHealth)
+	mux.HandleFunc("GET /primary/{group}/{member}", o.handlePrimary)
+	mux.HandleFunc("GET /replica/{group}/{member}", o.handleReplica)
 	o.httpServer = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 15 * time.Second}
 	go func() {
 		if err := o.httpServer.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -45,4 +49,61 @@ func (o *Observer) handleHealth(w http.ResponseWriter, _ *http.Request) {
 		"observer": o.cfg.NodeID, "raft_state": stateName(state), "leader": leaderID,
 		"healthy": healthy, "applied_index": o.fsm.AppliedIndex(),
 	})
+}
+
+// handlePrimary answers 200 only for the current primary of the current
+// epoch, for load balancers that route by health check. It answers 503
+// while a failover is between its intent and the promotion (the old
+// primary is being fenced), and on an observer that knows no leader (its
+// state may be stale: it may be on the minority side of a partition).
+func (o *Observer) handlePrimary(w http.ResponseWriter, r *http.Request) {
+	group, member := r.PathValue("group"), r.PathValue("member")
+	g, ok := o.fsm.Group(group)
+	if !ok {
+		roleAnswer(w, http.StatusNotFound, "unknown group "+group)
+		return
+	}
+	leader, _ := o.Leader()
+	switch {
+	case leader == "":
+		roleAnswer(w, http.StatusServiceUnavailable, "this observer knows no leader; its view may be stale")
+	case g.GetPrimary() != member:
+		roleAnswer(w, http.StatusServiceUnavailable, fmt.Sprintf("%s is not the primary of %s (epoch %d: %s)", member, group, g.GetEpoch(), g.GetPrimary()))
+	case g.GetActiveFailover() != nil && !fsm.HasStep(g.GetActiveFailover(), fsm.StepPromoted):
+		roleAnswer(w, http.StatusServiceUnavailable, fmt.Sprintf("failover of epoch %d in progress", g.GetActiveFailover().GetEpoch()))
+	default:
+		roleAnswer(w, http.StatusOK, fmt.Sprintf("%s is the primary of %s (epoch %d)", member, group, g.GetEpoch()))
+	}
+}
+
+// handleReplica answers 200 for a member that is not the primary and that
+// this observer sees up as a standby.
+func (o *Observer) handleReplica(w http.ResponseWriter, r *http.Request) {
+	group, member := r.PathValue("group"), r.PathValue("member")
+	g, ok := o.fsm.Group(group)
+	if !ok {
+		roleAnswer(w, http.StatusNotFound, "unknown group "+group)
+		return
+	}
+	if g.GetPrimary() == member {
+		roleAnswer(w, http.StatusServiceUnavailable, member+" is the primary")
+		return
+	}
+	for _, h := range o.monitor.Health(group) {
+		if h.GetMember() == member {
+			if h.GetState() == "up" && h.GetRoleSeen() == "standby" {
+				roleAnswer(w, http.StatusOK, member+" is an up standby")
+			} else {
+				roleAnswer(w, http.StatusServiceUnavailable, fmt.Sprintf("%s: %s, seen as %s", member, h.GetSummary(), h.GetRoleSeen()))
+			}
+			return
+		}
+	}
+	roleAnswer(w, http.StatusNotFound, "unknown member "+member)
+}
+
+func roleAnswer(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(code)
+	fmt.Fprintln(w, msg)
 }
