@@ -18,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -45,6 +46,18 @@ type Options struct {
 	// ExtraConf lines are appended to the primary's postgresql.conf
 	// (and so copied to every standby by pg_basebackup).
 	ExtraConf []string
+	// Hosts, when set, places node i in network namespace Hosts[i].NetNS
+	// listening on Hosts[i].IP (one entry per node), for labs where each
+	// server is a host of its own. Ports then default to 5432.
+	Hosts []Host
+}
+
+// Host is where one node runs in a network-namespace lab.
+type Host struct {
+	// NetNS is the name of an existing namespace (ip netns add …).
+	NetNS string
+	// IP is the node's address inside it, reachable from the test.
+	IP string
 }
 
 // Cluster is a running lab: Nodes[0] was initialised as the primary, the
@@ -66,8 +79,13 @@ type Node struct {
 	// standbys. It is the cluster_name, hence the application_name seen
 	// in pg_stat_replication, and the slot is "slot_<Name>".
 	Name string
-	// Port is the TCP port on 127.0.0.1.
+	// Port is the TCP port on IP.
 	Port int
+	// IP is the address the node listens on: 127.0.0.1, or its host's
+	// address in a network-namespace lab.
+	IP string
+	// NetNS is the network namespace the node runs in ("" = ours).
+	NetNS string
 	// DataDir is the PGDATA directory.
 	DataDir string
 	// Dir is the node's directory (DataDir and LogPath live inside).
@@ -147,14 +165,25 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		if opts.Port0 > 0 {
 			n.Port = opts.Port0 + i
 		}
+		n.IP = "127.0.0.1"
+		if len(opts.Hosts) > 0 {
+			if len(opts.Hosts) != opts.Standbys+1 {
+				return nil, fmt.Errorf("pglab: %d hosts for %d nodes", len(opts.Hosts), opts.Standbys+1)
+			}
+			n.IP, n.NetNS = opts.Hosts[i].IP, opts.Hosts[i].NetNS
+			if n.Port == 0 {
+				n.Port = 5432
+			}
+		}
 		c.Nodes = append(c.Nodes, n)
 	}
 
 	primary := c.Nodes[0]
+	pickPort := opts.Port0 == 0 && len(opts.Hosts) == 0
 	if err := c.initPrimary(ctx, primary, opts); err != nil {
 		return nil, err
 	}
-	if err := primary.startFirst(ctx, opts.Port0 == 0); err != nil {
+	if err := primary.startFirst(ctx, pickPort); err != nil {
 		return nil, err
 	}
 	// Standbys are independent of each other: clone and start them in
@@ -162,7 +191,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	errs := make([]error, len(c.Nodes))
 	var wg sync.WaitGroup
 	for i, n := range c.Nodes[1:] {
-		wg.Go(func() { errs[i+1] = c.startStandby(ctx, primary, n, opts.Port0 == 0) })
+		wg.Go(func() { errs[i+1] = c.startStandby(ctx, primary, n, pickPort) })
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
@@ -180,10 +209,12 @@ func (c *Cluster) startStandby(ctx context.Context, primary, n *Node, pickPort b
 	if err := c.acct.mkdir(n.Dir); err != nil {
 		return err
 	}
-	err := c.acct.run(ctx, "pg_basebackup",
-		"-h", "127.0.0.1", "-p", fmt.Sprint(primary.Port), "-U", "postgres",
-		"-D", n.DataDir, "-R", "-X", "stream", "-C", "-S", "slot_"+n.Name,
-		"-c", "fast", "--no-sync")
+	err := inNetNS(n.NetNS, func() error {
+		return c.acct.run(ctx, "pg_basebackup",
+			"-h", primary.IP, "-p", fmt.Sprint(primary.Port), "-U", "postgres",
+			"-D", n.DataDir, "-R", "-X", "stream", "-C", "-S", "slot_"+n.Name,
+			"-c", "fast", "--no-sync")
+	})
 	if err != nil {
 		return err
 	}
@@ -203,7 +234,7 @@ func (c *Cluster) initPrimary(ctx context.Context, n *Node, opts Options) error 
 	conf := []string{
 		"",
 		"# pglab",
-		"listen_addresses = '127.0.0.1'",
+		listen(opts),
 		"unix_socket_directories = ''", // TCP only; temp paths can exceed the socket path limit
 		"wal_level = replica",
 		"max_wal_senders = 10",
@@ -242,12 +273,17 @@ func (c *Cluster) initPrimary(ctx context.Context, n *Node, opts Options) error 
 	if err := f.Close(); err != nil {
 		return err
 	}
-	hba := strings.Join([]string{
+	lines := []string{
 		"local all all trust",
 		"local replication all trust",
 		"host all all 127.0.0.1/32 trust",
 		"host replication all 127.0.0.1/32 trust",
-	}, "\n") + "\n"
+	}
+	if len(opts.Hosts) > 0 {
+		// The lab's private network only: namespaces the test created.
+		lines = append(lines, "host all all 0.0.0.0/0 trust", "host replication all 0.0.0.0/0 trust")
+	}
+	hba := strings.Join(lines, "\n") + "\n"
 	return c.acct.writeFile(filepath.Join(n.DataDir, "pg_hba.conf"), []byte(hba))
 }
 
@@ -283,11 +319,28 @@ func (c *Cluster) Close() error {
 
 // DSN returns a keyword/value connection string for the node.
 func (n *Node) DSN() string {
-	return fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=disable", n.Port)
+	return fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres sslmode=disable connect_timeout=5", n.ip(), n.Port)
 }
 
-// Addr returns the node's "127.0.0.1:port".
-func (n *Node) Addr() string { return fmt.Sprintf("127.0.0.1:%d", n.Port) }
+// Addr returns the node's "IP:port".
+func (n *Node) Addr() string { return net.JoinHostPort(n.ip(), fmt.Sprint(n.Port)) }
+
+func (n *Node) ip() string {
+	if n.IP == "" {
+		return "127.0.0.1"
+	}
+	return n.IP
+}
+
+// listen is the listen_addresses line: loopback, or every address of the
+// node's own namespace in a multi-host lab (the config is shared by all
+// nodes through pg_basebackup).
+func listen(opts Options) string {
+	if len(opts.Hosts) > 0 {
+		return "listen_addresses = '*'"
+	}
+	return "listen_addresses = '127.0.0.1'"
+}
 
 // Connect opens a pgx connection to the node.
 func (n *Node) Connect(ctx context.Context) (*pgx.Conn, error) {
@@ -417,7 +470,7 @@ func (n *Node) spawn() (*process, error) {
 		"-D", n.DataDir, "-p", fmt.Sprint(n.Port), "-c", "cluster_name="+n.Name)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
-	if err := cmd.Start(); err != nil {
+	if err := inNetNS(n.NetNS, cmd.Start); err != nil {
 		return nil, fmt.Errorf("pglab: start %s: %w", n.Name, err)
 	}
 	p := &process{pid: cmd.Process.Pid, done: make(chan struct{}), logOff: st.Size()}
