@@ -226,6 +226,9 @@ type Member struct {
 	Priority int `yaml:"priority"`
 	// Datacenter is a free-form label.
 	Datacenter string `yaml:"datacenter,omitempty"`
+	// Agent is the host:port of the node agent (vigil node) on the
+	// member's host, used with failover.vip.
+	Agent string `yaml:"agent,omitempty"`
 }
 
 // Defaults that do not depend on other fields. Group and Member defaults

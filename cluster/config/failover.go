@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -24,6 +25,7 @@ const (
 	defaultHookTimeout    = 10 * time.Second
 	defaultNotifyRetries  = 3
 	defaultVetoBackoff    = 30 * time.Second
+	defaultLeaseTimeout   = time.Second
 )
 
 // Failover configures how a group is failed over.
@@ -48,6 +50,24 @@ type Failover struct {
 	// re-point them (postgres groups).
 	Postgres *PostgresActuator `yaml:"postgres,omitempty"`
 	Hooks    Hooks             `yaml:"hooks"`
+	// VIP moves the group's virtual IP through the node agents of the
+	// members (members[].agent), which also fence their host locally and
+	// drop the VIP on their own when they lose the observers' leases.
+	VIP bool `yaml:"vip,omitempty"`
+	// LeaseTimeout is how long a node agent keeps the VIP without leases
+	// from a quorum of observers; it must be shorter than down_after so an
+	// isolated primary drops the VIP before a failover can start.
+	LeaseTimeout Duration `yaml:"lease_timeout"`
+	// HAProxy re-points an HAProxy backend through its Runtime API.
+	HAProxy *HAProxyRouter `yaml:"haproxy,omitempty"`
+}
+
+// HAProxyRouter is an HAProxy backend vigil re-points on failover.
+type HAProxyRouter struct {
+	// Socket is the Runtime API socket: a unix socket path or host:port.
+	Socket string `yaml:"socket"`
+	// Backend is the backend whose servers are named like the members.
+	Backend string `yaml:"backend"`
 }
 
 // PostgresActuator is how vigil acts on PostgreSQL members.
@@ -90,6 +110,9 @@ func (f *Failover) applyDefaults(kind string) {
 	if f.VetoBackoff == 0 {
 		f.VetoBackoff = Duration(defaultVetoBackoff)
 	}
+	if f.LeaseTimeout == 0 {
+		f.LeaseTimeout = Duration(defaultLeaseTimeout)
+	}
 	if kind == KindPostgres && f.Postgres == nil {
 		f.Postgres = &PostgresActuator{}
 	}
@@ -123,7 +146,25 @@ func (f *Failover) resolvePaths(dir string) {
 	}
 }
 
-func (f *Failover) validate(v *validator, field, kind string) {
+func (f *Failover) validate(v *validator, field, kind string, g *Group) {
+	if v.positive(field+".lease_timeout", f.LeaseTimeout) && f.VIP && f.LeaseTimeout >= g.DownAfter {
+		v.add(field+".lease_timeout", f.LeaseTimeout, "must be shorter than down_after (%s): an isolated primary must drop its VIP before a failover can start", g.DownAfter)
+	}
+	if f.VIP {
+		for i, m := range g.Members {
+			if m.Agent == "" {
+				v.add(fmt.Sprintf("%s.members[%d].agent", strings.TrimSuffix(field, ".failover"), i), nil, "required with failover.vip: the node agent's host:port on %s", m.Name)
+			}
+		}
+	}
+	if h := f.HAProxy; h != nil {
+		if h.Socket == "" {
+			v.add(field+".haproxy.socket", nil, "required: the Runtime API socket (unix path or host:port)")
+		}
+		if h.Backend == "" {
+			v.add(field+".haproxy.backend", nil, "required: the backend to re-point")
+		}
+	}
 	v.oneOf(field+".fence", f.Fence, fencePolicies)
 	v.positive(field+".promote_timeout", f.PromoteTimeout)
 	v.positive(field+".step_timeout", f.StepTimeout)

@@ -41,3 +41,16 @@ func TestFailoverValidation(t *testing.T) {
 		})
 	}
 }
+
+func TestVIPNeedsAgentsAndShortLease(t *testing.T) {
+	_, err := Parse(mutate(t, set("groups[0].failover.vip", true), set("groups[0].failover.lease_timeout", "5s")))
+	fieldError(t, err, "groups[0].members[0].agent")
+	fe := fieldError(t, err, "groups[0].failover.lease_timeout")
+	if !strings.Contains(fe.Error(), "down_after") {
+		t.Fatalf("lease_timeout error %q should explain the down_after bound", fe)
+	}
+	_, err = Parse(mutate(t, set("groups[0].failover.haproxy", map[string]any{"socket": "/run/haproxy.sock"})))
+	fieldError(t, err, "groups[0].failover.haproxy.backend")
+	_, err = Parse(mutate(t, set("groups[0].members[0].agent", "nohost")))
+	fieldError(t, err, "groups[0].members[0].agent")
+}

@@ -390,7 +390,7 @@ func (g *Group) validate(v *validator, f string) {
 	v.name(f+".name", g.Name)
 	v.oneOf(f+".kind", g.Kind, groupKinds)
 	intervalOK := g.Probe.validate(v, f+".probe")
-	g.Failover.validate(v, f+".failover", g.Kind)
+	g.Failover.validate(v, f+".failover", g.Kind, g)
 	interval := g.Probe.Interval
 
 	if v.positive(f+".down_after", g.DownAfter) && intervalOK && g.DownAfter < interval {
@@ -431,6 +431,9 @@ func (g *Group) validate(v *validator, f string) {
 		}
 		if m.Priority < 0 || m.Priority > maxPriority {
 			v.add(mf+".priority", m.Priority, "must be between 0 and %d (0 = never promoted automatically)", maxPriority)
+		}
+		if m.Agent != "" {
+			v.hostPort(mf+".agent", m.Agent, false)
 		}
 		if !dcPattern.MatchString(m.Datacenter) {
 			v.add(mf+".datacenter", m.Datacenter, "must be at most 63 characters of A-Z, a-z, 0-9, '.', '_' and '-'")
