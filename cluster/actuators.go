@@ -48,6 +48,11 @@ func buildActuators(cfg *config.Config, log *slog.Logger) (map[string]failover.G
 			notifiers = append(notifiers, n)
 			acts.Notifiers = append(acts.Notifiers, n)
 		}
+		if h.Rejoin != nil {
+			n := &hook.Notify{R: runner, Cmd: hookCmd(h.Rejoin)}
+			notifiers = append(notifiers, n)
+			acts.Rejoiner = n
+		}
 		if acts.Promoter == nil {
 			// A generic group has no built-in promotion: nothing to act with.
 			continue

@@ -65,9 +65,20 @@ func failoverLab(t *testing.T, lo labOptions) (*pglab.Cluster, *clustertest.Clus
 	b.WriteString("\n")
 	c := clustertest.Start(t, clustertest.Options{ConfigOptions: clustertest.ConfigOptions{Groups: b.String()}, Customize: lo.customize})
 	c.WaitForLeader(waitLong)
-	for _, n := range pg.Nodes {
-		waitState(t, c, n.Name, "up", waitLong)
-	}
+	clustertest.WaitFor(t, waitLong, "every member up on all three observers", func() (bool, string) {
+		for _, i := range c.Running() {
+			hs := c.Nodes[i].Obs.Monitor().Health("pg-main")
+			if len(hs) != len(pg.Nodes) {
+				return false, fmt.Sprintf("%s judges %d members", c.Nodes[i].ID, len(hs))
+			}
+			for _, h := range hs {
+				if h.GetUpVotes() != 3 {
+					return false, c.Nodes[i].ID + ": " + h.GetMember() + " " + h.GetSummary()
+				}
+			}
+		}
+		return true, ""
+	})
 	return pg, c
 }
 
@@ -457,7 +468,15 @@ func TestFailoverStrictFenceTimeoutLeavesGroupUnfailed(t *testing.T) {
 // every acknowledged write is on the new primary.
 func TestSwitchoverUnderWriteLoad(t *testing.T) {
 	t.Parallel()
-	pg, c := failoverLab(t, labOptions{})
+	// The rejoin hook reports what vigil asked; the lab's stand-in for the
+	// operator's ssh + pg_rewind script then does the host-side work.
+	dir := t.TempDir()
+	asked := filepath.Join(dir, "rejoin.env")
+	script := filepath.Join(dir, "rejoin.sh")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nenv | grep ^VIGIL_ > "+asked+".tmp && mv "+asked+".tmp "+asked+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pg, c := failoverLab(t, labOptions{failover: fmt.Sprintf("      hooks: {rejoin: {command: [%q], timeout: 5s}}", script)})
 	exec(t, pg.Primary(), "CREATE TABLE acked (id bigint PRIMARY KEY)")
 
 	var (
@@ -465,7 +484,10 @@ func TestSwitchoverUnderWriteLoad(t *testing.T) {
 		acked []int64
 	)
 	stop := make(chan struct{})
+	var stopOnce sync.Once
 	var wg sync.WaitGroup
+	// Stop the writer before the cluster is shut down, also on failure.
+	t.Cleanup(func() { stopOnce.Do(func() { close(stop) }); wg.Wait() })
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -528,7 +550,7 @@ func TestSwitchoverUnderWriteLoad(t *testing.T) {
 	n0 := len(acked)
 	mu.Unlock()
 	clustertest.Eventually(t, waitLong, "writes on the new primary", func() bool { mu.Lock(); defer mu.Unlock(); return len(acked) > n0+50 })
-	close(stop)
+	stopOnce.Do(func() { close(stop) })
 	wg.Wait()
 
 	newP := node(pg, "pg1")
@@ -543,5 +565,30 @@ func TestSwitchoverUnderWriteLoad(t *testing.T) {
 	}
 	assertOneWritable(t, pg, "pg1")
 	assertFollows(t, newP, pg.Nodes[2])
+
+	// vigil asks for the old primary to rejoin as a standby of the new one.
+	var env []byte
+	clustertest.WaitFor(t, waitLong, "the rejoin hook", func() (bool, string) {
+		var err error
+		env, err = os.ReadFile(asked)
+		return err == nil, fmt.Sprint(err)
+	})
+	for _, want := range []string{"VIGIL_STEP=rejoin", "VIGIL_OLD_MEMBER=pg0", "VIGIL_NEW_MEMBER=pg1", "VIGIL_EPOCH=1", "VIGIL_KIND=switchover"} {
+		if !strings.Contains(string(env), want) {
+			t.Fatalf("rejoin hook environment lacks %s:\n%s", want, env)
+		}
+	}
+	rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer rcancel()
+	if err := pg.Nodes[0].Rejoin(rctx, newP); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if t.Failed() {
+			t.Logf("pg0 log:\n%s", pg.Nodes[0].LogTail(40))
+		}
+	}()
+	assertFollows(t, newP, pg.Nodes[0])
+	assertOnePrimary(t, pg, "pg1")
 	t.Logf("%d acknowledged writes, all on the new primary; switchover steps: %v", len(acked), f.GetSteps())
 }

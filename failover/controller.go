@@ -71,6 +71,9 @@ type GroupActuators struct {
 	CatchUp     CatchUp
 	Unfencer    Unfencer
 	Positioner  Positioner
+	// Rejoiner, when set, is asked (asynchronously) to make the old
+	// primary a standby of the new one after a completed failover.
+	Rejoiner Notifier
 
 	// BestEffortFence lets a failover go on when no fencer confirms.
 	BestEffortFence    bool
@@ -582,6 +585,9 @@ func (c *Controller) finish(ctx context.Context, a Action, f *vigilv1.Failover, 
 	c.log.Info("failover finished", "group", a.Group, "epoch", a.Epoch, "outcome", outcome, "detail", detail)
 	if acts, ok := c.opt.Actuators(a.Group); ok {
 		c.notify(ctx, acts, a, "finished", outcome, detail)
+		if outcome == fsm.OutcomeCompleted && acts.Rejoiner != nil {
+			acts.Rejoiner.Notify(ctx, Event{Action: a, Step: "rejoin", Outcome: "requested", Detail: detail, At: c.opt.Now()})
+		}
 	}
 	return nil
 }

@@ -88,6 +88,10 @@ type Hooks struct {
 	Fence *Hook `yaml:"fence,omitempty"`
 	// Notify is told about every step; fire-and-forget with retries.
 	Notify *Hook `yaml:"notify,omitempty"`
+	// Rejoin turns the old primary into a standby of the new one after a
+	// completed failover or switchover (e.g. ssh + pg_rewind + restart);
+	// fire-and-forget with retries, VIGIL_STEP=rejoin.
+	Rejoin *Hook `yaml:"rejoin,omitempty"`
 }
 
 // Hook is one command, run without a shell.
@@ -130,13 +134,15 @@ func (f *Failover) applyDefaults(kind string) {
 			p.ReplicationUser = p.User
 		}
 	}
-	for _, h := range []*Hook{f.Hooks.PreFailover, f.Hooks.Fence, f.Hooks.Notify} {
+	for _, h := range []*Hook{f.Hooks.PreFailover, f.Hooks.Fence, f.Hooks.Notify, f.Hooks.Rejoin} {
 		if h != nil && h.Timeout == 0 {
 			h.Timeout = Duration(defaultHookTimeout)
 		}
 	}
-	if h := f.Hooks.Notify; h != nil && h.Retries == 0 {
-		h.Retries = defaultNotifyRetries
+	for _, h := range []*Hook{f.Hooks.Notify, f.Hooks.Rejoin} {
+		if h != nil && h.Retries == 0 {
+			h.Retries = defaultNotifyRetries
+		}
 	}
 }
 
@@ -181,7 +187,7 @@ func (f *Failover) validate(v *validator, field, kind string, g *Group) {
 			v.add(fmt.Sprintf("%s.allowed_datacenters[%d]", field, i), dc, "must be 1 to 63 characters of A-Z, a-z, 0-9, '.', '_' and '-'")
 		}
 	}
-	for name, h := range map[string]*Hook{"pre_failover": f.Hooks.PreFailover, "fence": f.Hooks.Fence, "notify": f.Hooks.Notify} {
+	for name, h := range map[string]*Hook{"pre_failover": f.Hooks.PreFailover, "fence": f.Hooks.Fence, "notify": f.Hooks.Notify, "rejoin": f.Hooks.Rejoin} {
 		if h == nil {
 			continue
 		}

@@ -613,3 +613,62 @@ func poll(ctx context.Context, interval time.Duration, cond func() (bool, error)
 		}
 	}
 }
+
+// Rejoin turns n, a former primary (running, stopped or crashed), into a
+// streaming standby of primary: it stops n, rewinds its data directory
+// with pg_rewind against primary, points it at primary through its slot
+// (created on primary if missing), and starts it. This is what an
+// operator's rejoin hook or the node agent does on a real host.
+func (n *Node) Rejoin(ctx context.Context, primary *Node) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, defaultStartTimeout)
+		defer cancel()
+	}
+	if p := n.running(); p != nil {
+		_ = contTree(p.pid)
+		if err := n.shutdown(shutdownGrace); err != nil {
+			return fmt.Errorf("pglab: stop %s for rejoin: %w", n.Name, err)
+		}
+	}
+	slot := "slot_" + n.Name
+	conn, err := primary.Connect(ctx)
+	if err != nil {
+		return fmt.Errorf("pglab: rejoin %s: connect to %s: %w", n.Name, primary.Name, err)
+	}
+	_, err = conn.Exec(ctx, `SELECT pg_create_physical_replication_slot($1, true)
+WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)`, slot)
+	if err == nil {
+		// Right after a promotion the control file still names the old
+		// timeline until a checkpoint, and pg_rewind would then see
+		// "same timeline, no rewind needed".
+		_, err = conn.Exec(ctx, "CHECKPOINT")
+	}
+	conn.Close(ctx)
+	if err != nil {
+		return fmt.Errorf("pglab: rejoin %s: slot on %s: %w", n.Name, primary.Name, err)
+	}
+	src := fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres", primary.ip(), primary.Port)
+	if err := inNetNS(n.NetNS, func() error {
+		return n.acct.run(ctx, "pg_rewind", "--target-pgdata", n.DataDir, "--source-server", src, "--no-sync")
+	}); err != nil {
+		return fmt.Errorf("pglab: rejoin %s: %w", n.Name, err)
+	}
+	auto := fmt.Sprintf("\nprimary_conninfo = 'host=%s port=%d user=postgres application_name=%s'\nprimary_slot_name = '%s'\n",
+		primary.ip(), primary.Port, n.Name, slot)
+	f, err := os.OpenFile(filepath.Join(n.DataDir, "postgresql.auto.conf"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(auto); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := n.acct.writeFile(filepath.Join(n.DataDir, "standby.signal"), nil); err != nil {
+		return err
+	}
+	return n.Start(ctx)
+}
