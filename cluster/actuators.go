@@ -1,23 +1,47 @@
 package cluster
 
 import (
+	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/vigilha/vigil/cluster/config"
 	"github.com/vigilha/vigil/failover"
+	"github.com/vigilha/vigil/failover/haproxy"
 	"github.com/vigilha/vigil/failover/hook"
+	"github.com/vigilha/vigil/failover/viprouter"
 	"github.com/vigilha/vigil/failover/pgactuator"
 )
 
+// actuatorSet is what buildActuators makes: per-group actuators, the
+// notify hooks to close at shutdown, and the node agents' clients.
+type actuatorSet struct {
+	groups    map[string]failover.GroupActuators
+	notifiers []*hook.Notify
+	agents    *viprouter.Agents
+}
+
 // buildActuators turns each group's failover config into its actuators.
-// They are built once at start; the notify hooks' goroutines are closed
-// at shutdown.
-func buildActuators(cfg *config.Config, log *slog.Logger) (map[string]failover.GroupActuators, []*hook.Notify) {
+// They are built once at start.
+func buildActuators(cfg *config.Config, log *slog.Logger) actuatorSet {
 	runner := hook.New(log.With("component", "hook"))
 	out := map[string]failover.GroupActuators{}
 	var notifiers []*hook.Notify
+	agents := viprouter.NewAgents(cfg.NodeID, func(group, member string) (string, bool) {
+		g, ok := cfg.Group(group)
+		if !ok {
+			return "", false
+		}
+		for _, m := range g.Members {
+			if m.Name == member && m.Agent != "" {
+				return m.Agent, true
+			}
+		}
+		return "", false
+	}, 2*time.Second, viprouter.WithLogger(log.With("component", "viprouter")))
 	for _, g := range cfg.Groups {
 		f := g.Failover
 		acts := failover.GroupActuators{
@@ -33,12 +57,26 @@ func buildActuators(cfg *config.Config, log *slog.Logger) (map[string]failover.G
 				User: p.User, Database: p.Database, Password: readSecret(p.PasswordFile), SSLMode: p.SSLMode,
 				ReplicationUser: p.ReplicationUser, PromoteTimeout: f.PromoteTimeout.D(), OpTimeout: f.StepTimeout.D(),
 			}, log.With("component", "pgactuator", "group", g.Name))
+			if f.VIP {
+				// Host-local fencing through the node agent comes first.
+				acts.Fencers = append(acts.Fencers, agents.Fencer())
+			}
 			acts.Fencers = append(acts.Fencers, pg)
 			acts.Promoter, acts.Repointer, acts.CatchUp, acts.Unfencer, acts.Positioner = pg, pg, pg, pg, pg
 		}
 		h := f.Hooks
 		if h.Fence != nil {
 			acts.Fencers = append(acts.Fencers, hook.Fence{R: runner, Cmd: hookCmd(h.Fence)})
+		}
+		if f.VIP {
+			acts.Routers = append(acts.Routers, agents.Router())
+			// Last resort: an isolated old primary's agent drops the VIP by
+			// itself once it stops hearing a quorum of leases.
+			acts.Fencers = append(acts.Fencers, leaseExpiry{timeout: f.LeaseTimeout.D()})
+			acts.VIPEnsure = agents.Router()
+		}
+		if hp := f.HAProxy; hp != nil {
+			acts.Routers = append(acts.Routers, haproxy.New(haproxy.Config{Socket: hp.Socket, Backend: hp.Backend, Timeout: 2 * time.Second}, nil))
 		}
 		if h.PreFailover != nil {
 			acts.PreFailover = hook.PreFailover{R: runner, Cmd: hookCmd(h.PreFailover)}
@@ -59,7 +97,29 @@ func buildActuators(cfg *config.Config, log *slog.Logger) (map[string]failover.G
 		}
 		out[g.Name] = acts
 	}
-	return out, notifiers
+	return actuatorSet{groups: out, notifiers: notifiers, agents: agents}
+}
+
+// leaseExpiry confirms a fence by waiting out the node agents' lease:
+// once a failover's intent is committed, no observer leases the old
+// primary any more, so its agent — reachable or not — drops the VIP
+// within lease_timeout of the last lease it got. The wait is counted from
+// the intent's commit (the failover's start), with a small margin.
+type leaseExpiry struct{ timeout time.Duration }
+
+func (l leaseExpiry) Fence(ctx context.Context, a failover.Action) (failover.FenceResult, error) {
+	wait := l.timeout + l.timeout/4
+	if !a.Started.IsZero() {
+		wait = time.Until(a.Started.Add(wait))
+	}
+	if wait > 0 {
+		select {
+		case <-ctx.Done():
+			return failover.FenceResult{}, fmt.Errorf("wait for the old primary's lease to expire: %w", ctx.Err())
+		case <-time.After(wait):
+		}
+	}
+	return failover.FenceResult{Confirmed: true, Detail: fmt.Sprintf("lease expired: %s's node agent dropped the VIP on its own within lease_timeout %s", a.Old.Name, l.timeout)}, nil
 }
 
 func hookCmd(h *config.Hook) hook.Command {

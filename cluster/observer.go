@@ -25,6 +25,7 @@ import (
 	"github.com/vigilha/vigil/cluster/config"
 	"github.com/vigilha/vigil/failover"
 	"github.com/vigilha/vigil/failover/hook"
+	"github.com/vigilha/vigil/failover/viprouter"
 	"github.com/vigilha/vigil/fsm"
 	"github.com/vigilha/vigil/health"
 )
@@ -65,6 +66,7 @@ type Observer struct {
 	monitor   *health.Monitor
 	control   *failover.Controller
 	notifiers []*hook.Notify
+	agents    *viprouter.Agents
 	bgCancel  context.CancelFunc
 
 	grpcServer *grpc.Server
@@ -167,8 +169,10 @@ func New(opts Options) (o *Observer, err error) {
 	o.gossip.SetHandler(o.monitor.Receive)
 	o.gossip.SetLeaveHandler(o.monitor.Forget)
 
-	acts, notifiers := buildActuators(cfg, logger)
-	o.notifiers = notifiers
+	set := buildActuators(cfg, logger)
+	acts := set.groups
+	o.notifiers, o.agents = set.notifiers, set.agents
+	closers = append(closers, o.agents.Close)
 	o.control = failover.NewController(failover.Options{
 		Self: cfg.NodeID, Log: o, State: o.fsm, Health: o.monitor,
 		Actuators: func(group string) (failover.GroupActuators, bool) { a, ok := acts[group]; return a, ok },
@@ -189,7 +193,8 @@ func New(opts Options) (o *Observer, err error) {
 
 	bg, cancel := context.WithCancel(context.Background())
 	o.bgCancel = cancel
-	o.wg.Add(4)
+	o.wg.Add(5)
+	go func() { defer o.wg.Done(); o.leaseLoop(bg) }()
 	go o.monitorLeadership()
 	go o.observeLeaders()
 	go func() { defer o.wg.Done(); o.planLoop(bg) }()
@@ -308,6 +313,7 @@ func (o *Observer) Shutdown(ctx context.Context) error {
 		}
 		// monitorLeadership ends with stopCh and cancels leader work.
 		o.wg.Wait()
+		o.agents.Close()
 		for _, n := range o.notifiers {
 			if err := n.Close(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("wait for notify hooks: %w", err))

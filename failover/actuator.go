@@ -25,6 +25,8 @@ type Action struct {
 	Kind string
 	Old  Member
 	New  Member
+	// Started is when the failover's intent was committed (zero if unknown).
+	Started time.Time
 }
 
 // FenceResult says whether a fence method made sure the old primary can no

@@ -71,6 +71,9 @@ type GroupActuators struct {
 	CatchUp     CatchUp
 	Unfencer    Unfencer
 	Positioner  Positioner
+	// VIPEnsure, when set, is used to make sure the current primary holds
+	// the group's VIP outside failovers (first start, agent restarts).
+	VIPEnsure Router
 	// Rejoiner, when set, is asked (asynchronously) to make the old
 	// primary a standby of the new one after a completed failover.
 	Rejoiner Notifier
@@ -115,6 +118,7 @@ type Controller struct {
 	running map[string]bool      // groups with a failover goroutine
 	backoff map[string]time.Time // groups not to retry before then
 	status  map[string]string    // why a group is not being failed over
+	ensured map[string]time.Time // last VIP check per group
 	runCtx  context.Context      // the current leadership's context
 	wg      *sync.WaitGroup
 }
@@ -133,7 +137,7 @@ func NewController(opt Options) *Controller {
 	if opt.Metrics == nil {
 		opt.Metrics = NewMetrics(nil)
 	}
-	return &Controller{opt: opt, log: opt.Logger, running: map[string]bool{}, backoff: map[string]time.Time{}, status: map[string]string{}}
+	return &Controller{opt: opt, log: opt.Logger, running: map[string]bool{}, backoff: map[string]time.Time{}, status: map[string]string{}, ensured: map[string]time.Time{}}
 }
 
 // Run examines every group each tick until ctx (the leadership) ends, and
@@ -202,6 +206,7 @@ func (c *Controller) consider(ctx context.Context, g *vigilv1.Group) {
 	odown, since := c.opt.Health.ODown(name, primary)
 	if !odown {
 		c.setStatus(name, "")
+		c.ensureVIP(ctx, g)
 		return
 	}
 	now := c.opt.Now()
@@ -251,6 +256,33 @@ func (c *Controller) consider(ctx context.Context, g *vigilv1.Group) {
 	}
 	c.setStatus(name, "")
 	c.start(ctx, name, action.Epoch, nil)
+}
+
+// ensureVIP makes sure, at most every two seconds per group, that the
+// live primary holds the group's VIP in the current epoch: on first start
+// nothing has placed it yet, and a restarted agent starts without it.
+func (c *Controller) ensureVIP(ctx context.Context, g *vigilv1.Group) {
+	name := g.GetSpec().GetName()
+	acts, ok := c.opt.Actuators(name)
+	if !ok || acts.VIPEnsure == nil {
+		return
+	}
+	now := c.opt.Now()
+	c.mu.Lock()
+	due := now.After(c.ensured[name].Add(2 * time.Second))
+	if due {
+		c.ensured[name] = now
+	}
+	c.mu.Unlock()
+	if !due {
+		return
+	}
+	ectx, cancel := context.WithTimeout(ctx, acts.StepTimeout)
+	defer cancel()
+	a := Action{Group: name, Epoch: g.GetEpoch(), Kind: "ensure", New: member(g, g.GetPrimary())}
+	if err := acts.VIPEnsure.Route(ectx, a); err != nil {
+		c.log.Warn("could not place the VIP on the primary", "group", name, "primary", g.GetPrimary(), "err", err)
+	}
 }
 
 // pick chooses the new primary: the named member (checked) or the best.
@@ -402,7 +434,8 @@ func (c *Controller) run(ctx context.Context, group string, epoch uint64) error 
 		if !ok {
 			return fmt.Errorf("no actuators for group %s", group)
 		}
-		action := Action{Group: group, Epoch: epoch, Kind: a.GetKind(), Old: member(g, a.GetOldPrimary()), New: member(g, a.GetNewPrimary())}
+		action := Action{Group: group, Epoch: epoch, Kind: a.GetKind(), Old: member(g, a.GetOldPrimary()), New: member(g, a.GetNewPrimary()),
+			Started: a.GetStartedAt().AsTime()}
 		step := fsm.NextStep(a)
 		if step == "" {
 			return c.finish(ctx, action, a, fsm.OutcomeCompleted, "")

@@ -14,10 +14,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/vigilha/vigil/cluster"
 	"github.com/vigilha/vigil/cluster/config"
+	"github.com/vigilha/vigil/failover/nodeagent"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -60,7 +62,7 @@ inspect the cluster with vigilctl.`,
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newObserverCmd(stderr), newConfigCmd(stdout), newKeygenCmd(stdout), newVersionCmd(stdout))
+	root.AddCommand(newObserverCmd(stderr), newNodeCmd(stderr), newConfigCmd(stdout), newKeygenCmd(stdout), newVersionCmd(stdout))
 	return root
 }
 
@@ -101,6 +103,47 @@ prints every problem with the field and value at fault.`,
 		},
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "", "path to the observer's YAML config (required)")
+	return cmd
+}
+
+func newNodeCmd(stderr io.Writer) *cobra.Command {
+	var path, level string
+	cmd := &cobra.Command{
+		Use:   "node --config FILE",
+		Short: "Run the node agent on a managed database host",
+		Long: `Run the node agent on a host that runs a member of a group. It serves the
+observers only: it adds the group's virtual IP on a named interface (netlink)
+and announces it with gratuitous ARP when the leader moves the primary here,
+removes it when told, and runs the host-local fence command.
+
+Every request carries the group's epoch; requests with an epoch lower than
+the highest seen (persisted in data_dir) are refused. The agent keeps the VIP
+only while a quorum of observers keeps sending leases naming this host's
+member as primary: cut off from them for lease_timeout, it drops the VIP and
+runs the fence command on its own, before the observers can promote another.
+Needs CAP_NET_ADMIN and CAP_NET_RAW.`,
+		Example: "  vigil node --config /etc/vigil/node.yaml",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if path == "" {
+				return usageError{errors.New("node: --config is required")}
+			}
+			cfg, err := nodeagent.Load(path)
+			if err != nil {
+				return err
+			}
+			logger := newLogger(stderr, config.Log{Level: level, Format: "text"})
+			agent, err := nodeagent.New(cfg, logger, prometheus.NewRegistry())
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return agent.Serve(ctx)
+		},
+	}
+	cmd.Flags().StringVarP(&path, "config", "c", "", "path to the node agent's YAML config (required)")
+	cmd.Flags().StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }
 

@@ -1,0 +1,645 @@
+package nodeagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	"github.com/vigilha/vigil/failover"
+	"github.com/vigilha/vigil/failover/hook"
+	vigilv1 "github.com/vigilha/vigil/proto/vigil/v1"
+)
+
+// Option configures New.
+type Option func(*options)
+
+type options struct {
+	addrs Addrs
+	now   func() time.Time
+}
+
+// WithAddrs replaces the netlink + ARP implementation (tests use a fake).
+func WithAddrs(x Addrs) Option { return func(o *options) { o.addrs = x } }
+
+// withClock replaces time.Now (unit tests drive lease expiry by hand).
+func withClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
+
+// Agent is the node agent: it serves vigilv1.NodeAgentServer and enforces
+// the lease rule for every configured group. See the package comment.
+type Agent struct {
+	vigilv1.UnimplementedNodeAgentServer
+
+	cfg          Config
+	log          *slog.Logger
+	m            *metrics
+	addrs        Addrs
+	now          func() time.Time
+	store        *epochStore
+	hooks        *hook.Runner
+	quorum       int
+	leaseTimeout time.Duration
+	observers    map[string]bool
+	groups       map[string]*group
+	order        []*group
+
+	ctx    context.Context // cancelled by Close; bounds fence commands
+	cancel context.CancelFunc
+
+	bgMu    sync.Mutex // guards closed and wg.Add
+	closed  bool
+	started bool
+	wg      sync.WaitGroup
+}
+
+// group is one configured group's state.
+//
+// Locking: act serialises everything that changes the interface or runs
+// the fence command for the group (AddVIP, RemoveVIP, Fence, a lease that
+// raises the epoch, the self-fencing reconcile, each GARP packet); mu
+// guards the fields below and is never held across netlink calls or
+// commands. act is always taken before mu.
+type group struct {
+	name, member, iface string
+	cidr, ip            string
+	fence               *hook.Command // nil: no fence command
+
+	act sync.Mutex
+
+	mu      sync.Mutex
+	highest uint64
+	leases  map[string]lease // by configured observer id: its latest lease
+	// The AddVIP grant: valid until grantUntil, for grantEpoch only.
+	grantUntil time.Time
+	grantEpoch uint64
+	// startupGrace: the grant is the startup grace for a VIP found on
+	// the interface, not an AddVIP; it follows the epoch up while leases
+	// of a newer epoch keep naming this member (a freshly installed agent
+	// knows no epoch yet).
+	startupGrace bool
+	// holding: the VIP is on the interface, as far as the agent knows (it
+	// is the only one changing it).
+	holding bool
+	// A self-fence episode: started when the agent held the VIP and lost
+	// its support; ends when the VIP is gone and the fence command (if
+	// any) succeeded, or when support comes back.
+	pendingFence bool
+	fenceCmdDone bool
+	fenceRetryAt time.Time
+	fenceBackoff time.Duration
+	// fenced: the last Fence was confirmed or the last self-fence
+	// completed, and no AddVIP since.
+	fenced bool
+	// garpGen changes whenever the VIP is added or removed, so a GARP
+	// burst in flight stops once its VIP has been removed.
+	garpGen uint64
+}
+
+type lease struct {
+	epoch   uint64
+	primary string
+	at      time.Time // receive time, with Go's monotonic clock reading
+}
+
+// New checks cfg (applying defaults to a copy), opens data_dir, loads the
+// highest epochs and looks at which VIPs are already on their interfaces.
+// It starts nothing: call Serve (or Register + Start, and Close).
+// logger nil discards logs; reg nil registers no metrics.
+func New(cfg *Config, logger *slog.Logger, reg prometheus.Registerer, opts ...Option) (*Agent, error) {
+	if cfg == nil {
+		return nil, errors.New("nodeagent: nil config")
+	}
+	c := *cfg
+	c.Observers = slices.Clone(cfg.Observers)
+	c.Groups = slices.Clone(cfg.Groups)
+	c.ApplyDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("nodeagent: invalid configuration: %w", err)
+	}
+	o := options{addrs: netlinkAddrs{}, now: time.Now}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	store, err := openEpochStore(c.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("nodeagent: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &Agent{
+		cfg:          c,
+		log:          logger,
+		m:            newMetrics(reg),
+		addrs:        o.addrs,
+		now:          o.now,
+		store:        store,
+		hooks:        hook.New(logger.With("component", "fence_command")),
+		quorum:       c.QuorumSize(),
+		leaseTimeout: c.LeaseTimeout.D(),
+		observers:    map[string]bool{},
+		groups:       map[string]*group{},
+		ctx:          ctx,
+		cancel:       cancel,
+	}
+	for _, id := range c.Observers {
+		a.observers[id] = true
+	}
+	now := a.now()
+	for _, gc := range c.Groups {
+		p, _ := parseVIP(gc.VIP) // validated
+		g := &group{
+			name: gc.Name, member: gc.Member, iface: gc.Interface,
+			cidr: p.String(), ip: p.Addr().String(),
+			leases:  map[string]lease{},
+			highest: store.get(gc.Name),
+		}
+		if len(gc.FenceCommand) > 0 {
+			g.fence = &hook.Command{Argv: slices.Clone(gc.FenceCommand), Timeout: gc.FenceTimeout.D()}
+		}
+		has, err := a.addrs.Has(g.iface, g.cidr)
+		if err != nil {
+			// Unknown: assume it may be there, so that the lease rule
+			// removes it unless the observers confirm this host.
+			a.log.Error("cannot tell whether the VIP is on its interface; assuming it is", "group", g.name, "vip", g.cidr, "interface", g.iface, "err", err)
+			has = true
+		}
+		if has {
+			// Startup grace: the VIP is already here (the agent was
+			// restarted on the primary). Keep it for one lease_timeout,
+			// as if granted at the highest known epoch; the observers'
+			// leases (every lease_timeout/3) take over from there, or the
+			// VIP is removed and the host fenced like after any lease loss.
+			g.holding = true
+			g.grantUntil = now.Add(a.leaseTimeout)
+			g.grantEpoch = g.highest
+			g.startupGrace = true
+			a.log.Warn("VIP already on its interface at start; keeping it for lease_timeout pending the observers' leases",
+				"group", g.name, "vip", g.cidr, "interface", g.iface, "epoch", g.highest, "lease_timeout", a.leaseTimeout)
+		}
+		a.m.holding.WithLabelValues(g.name).Set(b2f(g.holding))
+		a.m.highestEpoch.WithLabelValues(g.name).Set(float64(g.highest))
+		a.m.leaseObservers.WithLabelValues(g.name).Set(0)
+		a.m.selfFences.WithLabelValues(g.name)
+		a.groups[g.name] = g
+		a.order = append(a.order, g)
+	}
+	return a, nil
+}
+
+// Config returns the agent's configuration, defaults applied.
+func (a *Agent) Config() Config { return a.cfg }
+
+// Register registers the NodeAgent service on s (for a server of the
+// caller's, e.g. an in-process one in tests; call Start and Close too).
+func (a *Agent) Register(s grpc.ServiceRegistrar) {
+	vigilv1.RegisterNodeAgentServer(s, a)
+}
+
+// NewGRPCServer returns a gRPC server with the agent and server reflection
+// (for grpcurl) registered. Transport security comes later; for now the
+// agent is meant to listen on a network only the observers reach.
+func (a *Agent) NewGRPCServer() *grpc.Server {
+	s := grpc.NewServer(grpc.MaxRecvMsgSize(64<<10), grpc.ConnectionTimeout(10*time.Second))
+	a.Register(s)
+	reflection.Register(s)
+	return s
+}
+
+// Start starts the per-group lease enforcement (one goroutine per group,
+// waking every lease_timeout/4 and at the exact moment support expires).
+// Idempotent; Close stops it.
+func (a *Agent) Start() {
+	a.bgMu.Lock()
+	start := !a.started && !a.closed
+	a.started = true
+	a.bgMu.Unlock()
+	if !start {
+		return
+	}
+	for _, g := range a.order {
+		a.goBackground(func() { a.loop(g) })
+	}
+	a.log.Info("node agent started", "node", a.cfg.Node, "groups", len(a.order), "observers", a.cfg.Observers,
+		"quorum", a.quorum, "lease_timeout", a.leaseTimeout)
+}
+
+// Close stops the enforcement loops and GARP bursts, kills a fence command
+// still running, and waits for them. VIPs are left as they are: a crash
+// would leave them too, and a restarted agent keeps a VIP it finds for one
+// lease_timeout (startup grace) and then follows the leases.
+func (a *Agent) Close() {
+	a.bgMu.Lock()
+	a.closed = true
+	a.bgMu.Unlock()
+	a.cancel()
+	a.wg.Wait()
+}
+
+// Serve listens on cfg.Listen and serves until ctx is done.
+func (a *Agent) Serve(ctx context.Context) error {
+	lis, err := net.Listen("tcp", a.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("nodeagent: listen: %w", err)
+	}
+	return a.ServeListener(ctx, lis)
+}
+
+// ServeListener starts the agent, serves gRPC on lis until ctx is done,
+// then stops the server (gracefully, for up to 5s) and closes the agent.
+func (a *Agent) ServeListener(ctx context.Context, lis net.Listener) error {
+	s := a.NewGRPCServer()
+	a.Start()
+	defer a.Close()
+	errc := make(chan error, 1)
+	go func() { errc <- s.Serve(lis) }()
+	a.log.Info("node agent serving", "addr", lis.Addr().String())
+	select {
+	case err := <-errc:
+		return fmt.Errorf("nodeagent: serve: %w", err)
+	case <-ctx.Done():
+	}
+	done := make(chan struct{})
+	go func() { s.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		s.Stop()
+		<-done
+	}
+	<-errc
+	return nil
+}
+
+// goBackground runs f on a goroutine Close waits for, unless closed.
+func (a *Agent) goBackground(f func()) bool {
+	a.bgMu.Lock()
+	defer a.bgMu.Unlock()
+	if a.closed {
+		return false
+	}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// ---- requests ----
+
+func (a *Agent) count(rpc string, err error) {
+	result := resultOK
+	if err != nil {
+		switch status.Code(err) {
+		case codes.FailedPrecondition:
+			result = resultStaleEpoch
+		case codes.InvalidArgument:
+			result = resultInvalid
+		case codes.NotFound:
+			result = resultNotFound
+		default:
+			result = resultError
+		}
+	}
+	a.m.requests.WithLabelValues(rpc, result).Inc()
+}
+
+// lookup validates the fields every epoch-carrying request has. Epoch 0
+// is valid: it is a group's epoch before its first failover.
+func (a *Agent) lookup(name string, epoch uint64) (*group, error) {
+	if name == "" {
+		return nil, status.Error(codes.InvalidArgument, "group is required")
+	}
+	g := a.groups[name]
+	if g == nil {
+		return nil, status.Errorf(codes.NotFound, "group %q is not configured on this node agent (node %s)", name, a.cfg.Node)
+	}
+	return g, nil
+}
+
+// checkEpochLocked applies the fencing-token rule: refuse an epoch below
+// the highest seen, raise the highest for a higher one. g.mu is held.
+func (a *Agent) checkEpochLocked(g *group, epoch uint64, rpc, observer string) error {
+	if epoch < g.highest {
+		a.log.Warn("refused request of a stale epoch", "rpc", rpc, "group", g.name, "epoch", epoch, "highest_epoch", g.highest, "observer", observer)
+		return status.Errorf(codes.FailedPrecondition,
+			"group %q: stale epoch %d: this agent has seen epoch %d (a newer failover superseded this request)", g.name, epoch, g.highest)
+	}
+	if epoch > g.highest {
+		a.log.Info("epoch raised", "rpc", rpc, "group", g.name, "from", g.highest, "to", epoch, "observer", observer)
+		g.highest = epoch
+		a.m.highestEpoch.WithLabelValues(g.name).Set(float64(epoch))
+	}
+	return nil
+}
+
+// admit applies the epoch rule and persists the (possibly raised)
+// highest epoch before the caller acts. The caller holds g.act.
+func (a *Agent) admit(g *group, epoch uint64, rpc, observer string) error {
+	g.mu.Lock()
+	err := a.checkEpochLocked(g, epoch, rpc, observer)
+	h := g.highest
+	g.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return a.persist(g, h)
+}
+
+func (a *Agent) persist(g *group, h uint64) error {
+	if err := a.store.raise(g.name, h); err != nil {
+		a.log.Error("cannot persist the highest epoch; refusing to act", "group", g.name, "epoch", h, "err", err)
+		return status.Errorf(codes.Internal, "group %q: %v", g.name, err)
+	}
+	return nil
+}
+
+func (g *group) setHoldingLocked(a *Agent, v bool) {
+	g.holding = v
+	a.m.holding.WithLabelValues(g.name).Set(b2f(v))
+}
+
+// AddVIP adds the group's VIP, announces it with gratuitous ARP and grants
+// the host a lease "as if from a quorum" for lease_timeout: the leader
+// calls it only after committing the failover's epoch through Raft, so it
+// speaks for a quorum; the observers' leases must then keep coming.
+func (a *Agent) AddVIP(_ context.Context, req *vigilv1.VIPRequest) (resp *vigilv1.VIPResponse, err error) {
+	defer func() { a.count("AddVIP", err) }()
+	g, err := a.lookup(req.GetGroup(), req.GetEpoch())
+	if err != nil {
+		return nil, err
+	}
+	g.act.Lock()
+	defer g.act.Unlock()
+	if err := a.admit(g, req.GetEpoch(), "AddVIP", req.GetObserver()); err != nil {
+		return nil, err
+	}
+	changed, aerr := a.addrs.Add(g.iface, g.cidr)
+	if aerr != nil {
+		a.log.Error("adding the VIP failed", "group", g.name, "vip", g.cidr, "interface", g.iface, "epoch", req.GetEpoch(), "err", aerr)
+		return nil, status.Errorf(codes.Internal, "group %q: %v", g.name, aerr)
+	}
+	g.mu.Lock()
+	g.setHoldingLocked(a, true)
+	g.grantUntil = a.now().Add(a.leaseTimeout)
+	g.grantEpoch = req.GetEpoch() // == g.highest: only act holders raise it
+	g.startupGrace = false
+	g.fenced = false
+	g.pendingFence = false
+	g.garpGen++
+	gen, h := g.garpGen, g.highest
+	g.mu.Unlock()
+	a.log.Info("VIP added", "group", g.name, "vip", g.cidr, "interface", g.iface, "epoch", req.GetEpoch(), "changed", changed, "observer", req.GetObserver())
+
+	// The first gratuitous ARP goes out before the answer (so a completed
+	// route step means neighbours were told); the rest of the burst
+	// follows in the background and stops if the VIP is removed meanwhile.
+	a.announce(g)
+	if a.cfg.GARP.Count > 1 {
+		a.goBackground(func() { a.garpBurst(g, gen) })
+	}
+	return &vigilv1.VIPResponse{Changed: changed, HighestEpoch: h}, nil
+}
+
+func (a *Agent) announce(g *group) {
+	if err := a.addrs.Announce(g.iface, g.ip, 1, 0); err != nil {
+		a.m.garp.WithLabelValues(g.name, "failed").Inc()
+		a.log.Warn("gratuitous ARP failed; neighbours may keep the old MAC until their entry expires", "group", g.name, "vip", g.ip, "interface", g.iface, "err", err)
+		return
+	}
+	a.m.garp.WithLabelValues(g.name, "sent").Inc()
+}
+
+// garpBurst sends the remaining count-1 packets of the burst started by
+// the AddVIP that set generation gen.
+func (a *Agent) garpBurst(g *group, gen uint64) {
+	interval := a.cfg.GARP.Interval.D()
+	t := time.NewTimer(interval)
+	defer t.Stop()
+	for i := 1; i < a.cfg.GARP.Count; i++ {
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-t.C:
+		}
+		g.act.Lock()
+		g.mu.Lock()
+		current := g.garpGen == gen && g.holding
+		g.mu.Unlock()
+		if current {
+			a.announce(g)
+		}
+		g.act.Unlock()
+		if !current {
+			return
+		}
+		t.Reset(interval)
+	}
+}
+
+// RemoveVIP removes the group's VIP and cancels any AddVIP grant.
+func (a *Agent) RemoveVIP(_ context.Context, req *vigilv1.VIPRequest) (resp *vigilv1.VIPResponse, err error) {
+	defer func() { a.count("RemoveVIP", err) }()
+	g, err := a.lookup(req.GetGroup(), req.GetEpoch())
+	if err != nil {
+		return nil, err
+	}
+	g.act.Lock()
+	defer g.act.Unlock()
+	if err := a.admit(g, req.GetEpoch(), "RemoveVIP", req.GetObserver()); err != nil {
+		return nil, err
+	}
+	g.mu.Lock()
+	g.grantUntil, g.startupGrace = time.Time{}, false
+	g.mu.Unlock()
+	changed, derr := a.addrs.Del(g.iface, g.cidr)
+	if derr != nil {
+		a.log.Error("removing the VIP failed", "group", g.name, "vip", g.cidr, "interface", g.iface, "epoch", req.GetEpoch(), "err", derr)
+		return nil, status.Errorf(codes.Internal, "group %q: %v", g.name, derr)
+	}
+	g.mu.Lock()
+	g.setHoldingLocked(a, false)
+	g.garpGen++
+	h := g.highest
+	g.mu.Unlock()
+	a.log.Info("VIP removed", "group", g.name, "vip", g.cidr, "interface", g.iface, "epoch", req.GetEpoch(), "changed", changed, "observer", req.GetObserver())
+	return &vigilv1.VIPResponse{Changed: changed, HighestEpoch: h}, nil
+}
+
+// Fence removes the VIP and runs the fence command. Confirmed means the
+// VIP is gone and the command (if any) exited 0.
+func (a *Agent) Fence(_ context.Context, req *vigilv1.AgentFenceRequest) (resp *vigilv1.AgentFenceResponse, err error) {
+	defer func() { a.count("Fence", err) }()
+	g, err := a.lookup(req.GetGroup(), req.GetEpoch())
+	if err != nil {
+		return nil, err
+	}
+	g.act.Lock()
+	defer g.act.Unlock()
+	if err := a.admit(g, req.GetEpoch(), "Fence", req.GetObserver()); err != nil {
+		return nil, err
+	}
+	g.mu.Lock()
+	g.grantUntil, g.startupGrace = time.Time{}, false
+	g.pendingFence = false // this fence supersedes a self-fence in progress
+	h := g.highest
+	g.mu.Unlock()
+
+	var detail []string
+	gone := true
+	if changed, derr := a.addrs.Del(g.iface, g.cidr); derr != nil {
+		gone = false
+		detail = append(detail, fmt.Sprintf("VIP %s may still be on %s: %v", g.cidr, g.iface, derr))
+	} else {
+		g.mu.Lock()
+		g.setHoldingLocked(a, false)
+		g.garpGen++
+		g.mu.Unlock()
+		if changed {
+			detail = append(detail, fmt.Sprintf("VIP %s removed from %s", g.cidr, g.iface))
+		} else {
+			detail = append(detail, fmt.Sprintf("VIP %s not on %s", g.cidr, g.iface))
+		}
+	}
+	cmdOK := true
+	if g.fence != nil {
+		if ferr := a.runFence(g, hook.StepFence, req.GetEpoch(), req.GetObserver()); ferr != nil {
+			cmdOK = false
+			detail = append(detail, "fence command failed: "+ferr.Error())
+		} else {
+			detail = append(detail, "fence command succeeded")
+		}
+	} else {
+		detail = append(detail, "no fence command configured")
+	}
+	confirmed := gone && cmdOK
+	g.mu.Lock()
+	g.fenced = confirmed
+	g.mu.Unlock()
+	d := strings.Join(detail, "; ")
+	if confirmed {
+		a.log.Info("fenced", "group", g.name, "epoch", req.GetEpoch(), "observer", req.GetObserver(), "detail", d)
+	} else {
+		a.log.Error("fence not confirmed", "group", g.name, "epoch", req.GetEpoch(), "observer", req.GetObserver(), "detail", d)
+	}
+	return &vigilv1.AgentFenceResponse{Confirmed: confirmed, Detail: d, HighestEpoch: h}, nil
+}
+
+// runFence runs the group's fence command with VIGIL_GROUP, VIGIL_EPOCH,
+// VIGIL_MEMBER (and VIGIL_STEP, VIGIL_NODE, VIGIL_VIP, VIGIL_INTERFACE,
+// VIGIL_OBSERVER, plus the hook runner's VIGIL_OLD_MEMBER = this member),
+// bounded by fence_timeout and by the agent's lifetime, not by the
+// request's: a fence command is not interrupted because the observer that
+// asked stopped waiting.
+func (a *Agent) runFence(g *group, step string, epoch uint64, observer string) error {
+	extra := map[string]string{
+		"VIGIL_MEMBER":    g.member,
+		"VIGIL_NODE":      a.cfg.Node,
+		"VIGIL_VIP":       g.cidr,
+		"VIGIL_INTERFACE": g.iface,
+	}
+	if namePattern.MatchString(observer) {
+		extra["VIGIL_OBSERVER"] = observer
+	}
+	act := failover.Action{Group: g.name, Epoch: epoch, Old: failover.Member{Name: g.member}}
+	return a.hooks.Run(a.ctx, *g.fence, step, act, extra)
+}
+
+// Lease records one observer's statement "member P is the primary of
+// epoch E" and applies the holding rule at once.
+func (a *Agent) Lease(_ context.Context, req *vigilv1.LeaseRequest) (resp *vigilv1.LeaseResponse, err error) {
+	defer func() { a.count("Lease", err) }()
+	g, err := a.lookup(req.GetGroup(), req.GetEpoch())
+	if err != nil {
+		return nil, err
+	}
+	obs := req.GetObserver()
+	if !a.observers[obs] {
+		return nil, status.Errorf(codes.InvalidArgument, "group %q: observer %q is not one of the configured observers %v", g.name, obs, a.cfg.Observers)
+	}
+	if req.GetPrimary() == "" {
+		return nil, status.Errorf(codes.InvalidArgument, "group %q: primary is required", g.name)
+	}
+	g.mu.Lock()
+	raising := req.GetEpoch() > g.highest
+	g.mu.Unlock()
+	actLocked := false
+	if raising {
+		// A newer epoch invalidates the AddVIP grant and every lease of
+		// the old one; serialise with AddVIP so that a VIP being added
+		// under the old epoch is seen, and dropped, here.
+		g.act.Lock()
+		defer g.act.Unlock()
+		actLocked = true
+	}
+	g.mu.Lock()
+	if err := a.checkEpochLocked(g, req.GetEpoch(), "Lease", obs); err != nil {
+		g.mu.Unlock()
+		return nil, err
+	}
+	if g.startupGrace {
+		if req.GetPrimary() == g.member {
+			g.grantEpoch = g.highest
+		} else {
+			g.grantUntil, g.startupGrace = time.Time{}, false
+		}
+	}
+	g.leases[obs] = lease{epoch: req.GetEpoch(), primary: req.GetPrimary(), at: a.now()}
+	ok, supporters, _ := a.supportLocked(g, a.now())
+	a.m.leaseObservers.WithLabelValues(g.name).Set(float64(len(supporters)))
+	if ok && g.pendingFence {
+		g.pendingFence = false
+		a.log.Info("lease quorum back; pending self-fence cancelled", "group", g.name, "epoch", g.highest, "observers", supporters)
+	}
+	act := g.holding && !ok
+	h := g.highest
+	g.mu.Unlock()
+	perr := a.persist(g, h)
+	if act {
+		// The rule no longer holds (e.g. a higher epoch naming another
+		// member): drop the VIP now, not at the next tick. Dropping is
+		// safe even if persisting failed.
+		if !actLocked {
+			g.act.Lock()
+			defer g.act.Unlock()
+		}
+		a.reconcileLocked(g, "lease")
+	}
+	if perr != nil {
+		return nil, perr
+	}
+	g.mu.Lock()
+	holding := g.holding
+	g.mu.Unlock()
+	return &vigilv1.LeaseResponse{HighestEpoch: h, Holding: holding}, nil
+}
+
+// Status reports the agent's view of every group.
+func (a *Agent) Status(context.Context, *vigilv1.AgentStatusRequest) (*vigilv1.AgentStatusResponse, error) {
+	resp := &vigilv1.AgentStatusResponse{Node: a.cfg.Node}
+	now := a.now()
+	for _, g := range a.order {
+		g.mu.Lock()
+		_, supporters, _ := a.supportLocked(g, now)
+		resp.Groups = append(resp.Groups, &vigilv1.AgentGroupStatus{
+			Group: g.name, Member: g.member, Vip: g.cidr, Interface: g.iface,
+			HighestEpoch: g.highest, Holding: g.holding, LeaseObservers: supporters, Fenced: g.fenced,
+		})
+		g.mu.Unlock()
+	}
+	a.count("Status", nil)
+	return resp, nil
+}

@@ -1,0 +1,150 @@
+package nodeagent
+
+import (
+	"slices"
+	"time"
+)
+
+// maxFenceRetry caps the back-off between runs of a failing self-fence
+// command.
+const maxFenceRetry = 30 * time.Second
+
+// supportLocked evaluates the holding rule at now: the host may hold the
+// VIP iff at least quorum distinct configured observers sent, less than
+// lease_timeout ago, a lease for the highest epoch naming this host's
+// member as primary, or an AddVIP grant for the highest epoch is still
+// valid. It returns the verdict, the supporting observers (sorted) and
+// when the support ends (zero if it does not hold). g.mu is held.
+func (a *Agent) supportLocked(g *group, now time.Time) (ok bool, supporters []string, until time.Time) {
+	var times []time.Time
+	for obs, l := range g.leases {
+		if l.epoch == g.highest && l.primary == g.member && now.Sub(l.at) < a.leaseTimeout {
+			supporters = append(supporters, obs)
+			times = append(times, l.at)
+		}
+	}
+	slices.Sort(supporters)
+	if len(times) >= a.quorum {
+		ok = true
+		// Support lasts until the quorum-th most recent lease expires.
+		slices.SortFunc(times, func(x, y time.Time) int { return y.Compare(x) })
+		until = times[a.quorum-1].Add(a.leaseTimeout)
+	}
+	if g.grantEpoch == g.highest && now.Before(g.grantUntil) {
+		ok = true
+		if g.grantUntil.After(until) {
+			until = g.grantUntil
+		}
+	}
+	return ok, supporters, until
+}
+
+// reconcileLocked applies the holding rule to the interface. The caller
+// holds g.act.
+//
+// It only ever removes: when the host holds the VIP without support, the
+// VIP is removed and the fence command run (self-fencing: a primary cut
+// off from the observers stops taking traffic on its own within
+// lease_timeout). It never adds the VIP because leases say so. Leases say
+// who the replicated state names as primary; adding the VIP is the
+// leader's AddVIP, which comes only after the failover's promotion step is
+// committed and the old primary fenced. A host that re-added its VIP on
+// leases alone could take the address back in the middle of a failover
+// (e.g. from lagging observers, or between the intent and the route step),
+// or after it fenced itself while its database was made read-only.
+func (a *Agent) reconcileLocked(g *group, why string) {
+	g.mu.Lock()
+	now := a.now()
+	ok, supporters, _ := a.supportLocked(g, now)
+	a.m.leaseObservers.WithLabelValues(g.name).Set(float64(len(supporters)))
+	if ok {
+		if g.pendingFence {
+			g.pendingFence = false
+			a.log.Info("lease quorum back; pending self-fence cancelled", "group", g.name, "epoch", g.highest, "observers", supporters)
+		}
+		g.mu.Unlock()
+		return
+	}
+	if g.holding && !g.pendingFence {
+		g.pendingFence = true
+		g.fenceCmdDone = false
+		g.fenceRetryAt = time.Time{}
+		g.fenceBackoff = 0
+		a.m.selfFences.WithLabelValues(g.name).Inc()
+		a.log.Warn("self-fencing: no quorum of current leases naming this host the primary of the highest epoch",
+			"group", g.name, "member", g.member, "epoch", g.highest, "observers", supporters, "quorum", a.quorum,
+			"lease_timeout", a.leaseTimeout, "trigger", why)
+	}
+	if !g.pendingFence {
+		g.mu.Unlock()
+		return
+	}
+	holding := g.holding
+	runCmd := g.fence != nil && !g.fenceCmdDone && !now.Before(g.fenceRetryAt)
+	epoch := g.highest
+	g.mu.Unlock()
+
+	if holding {
+		if _, err := a.addrs.Del(g.iface, g.cidr); err != nil {
+			a.log.Error("self-fence: removing the VIP failed; retrying", "group", g.name, "vip", g.cidr, "interface", g.iface, "err", err)
+		} else {
+			g.mu.Lock()
+			g.setHoldingLocked(a, false)
+			g.garpGen++
+			g.mu.Unlock()
+			a.log.Warn("self-fence: VIP removed", "group", g.name, "vip", g.cidr, "interface", g.iface, "epoch", epoch)
+		}
+	}
+	if runCmd {
+		err := a.runFence(g, "self_fence", epoch, "")
+		g.mu.Lock()
+		if err != nil {
+			g.fenceBackoff = min(max(2*g.fenceBackoff, a.leaseTimeout), maxFenceRetry)
+			g.fenceRetryAt = a.now().Add(g.fenceBackoff)
+			a.log.Error("self-fence: fence command failed; will retry", "group", g.name, "epoch", epoch, "retry_in", g.fenceBackoff, "err", err)
+		} else {
+			g.fenceCmdDone = true
+		}
+		g.mu.Unlock()
+	}
+	g.mu.Lock()
+	if g.pendingFence && !g.holding && (g.fence == nil || g.fenceCmdDone) {
+		g.pendingFence = false
+		g.fenced = true
+		a.log.Warn("self-fenced", "group", g.name, "member", g.member, "epoch", epoch)
+	}
+	g.mu.Unlock()
+}
+
+// loop enforces the rule for g until Close: every lease_timeout/4, and
+// right when the current support expires, so a host cut off from the
+// observers drops the VIP within lease_timeout of the last lease that
+// kept it (plus the time to remove an address).
+func (a *Agent) loop(g *group) {
+	tick := a.leaseTimeout / 4
+	t := time.NewTimer(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-t.C:
+		}
+		g.act.Lock()
+		a.reconcileLocked(g, "timer")
+		g.act.Unlock()
+
+		next := tick
+		g.mu.Lock()
+		if g.holding {
+			now := a.now()
+			if _, _, until := a.supportLocked(g, now); !until.IsZero() {
+				if d := until.Sub(now) + time.Millisecond; d < next {
+					next = max(d, time.Millisecond)
+				}
+			}
+		}
+		g.mu.Unlock()
+		t.Reset(next)
+	}
+}

@@ -1,0 +1,55 @@
+package nodeagent
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Request results, the `result` label of vigil_agent_requests_total.
+const (
+	resultOK         = "ok"
+	resultStaleEpoch = "stale_epoch"
+	resultInvalid    = "invalid"
+	resultNotFound   = "not_found"
+	resultError      = "error"
+)
+
+type metrics struct {
+	holding        *prometheus.GaugeVec
+	highestEpoch   *prometheus.GaugeVec
+	leaseObservers *prometheus.GaugeVec
+	selfFences     *prometheus.CounterVec
+	requests       *prometheus.CounterVec
+	garp           *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		holding: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "vigil_agent_holding", Help: "1 while this host holds the group's VIP.",
+		}, []string{"group"}),
+		highestEpoch: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "vigil_agent_highest_epoch", Help: "Highest epoch (fencing token) this agent has seen for the group.",
+		}, []string{"group"}),
+		leaseObservers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "vigil_agent_lease_observers", Help: "Observers whose lease naming this host the primary of the highest epoch is current.",
+		}, []string{"group"}),
+		selfFences: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_agent_self_fences_total", Help: "Times the agent removed the VIP (and ran the fence command) on its own after losing the observers' lease quorum or seeing a newer epoch.",
+		}, []string{"group"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_agent_requests_total", Help: "Node agent gRPC requests by rpc and result (ok, stale_epoch, invalid, not_found, error).",
+		}, []string{"rpc", "result"}),
+		garp: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_agent_garp_packets_total", Help: "Gratuitous ARP packets for the group's VIP by result (sent, failed).",
+		}, []string{"group", "result"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.holding, m.highestEpoch, m.leaseObservers, m.selfFences, m.requests, m.garp)
+	}
+	return m
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,312 @@
+// Package viprouter is the observer side of the node agents: the
+// failover.Router that moves a group's VIP (RemoveVIP on the old primary's
+// agent, AddVIP on the new one's), the failover.Fencer that fences the old
+// primary through its agent, and the periodic leases that let the
+// primary's agent keep the VIP.
+//
+// Every call carries the failover's epoch (the agents' fencing token) and
+// is bounded by a timeout. An agent that has seen a newer epoch refuses
+// the call; that refusal is reported as ErrStaleEpoch and is never treated
+// as "unreachable, carry on".
+//
+// The lease rule callers must follow (see package nodeagent): each
+// observer calls SendLeases every lease_timeout/3 with the epoch and
+// primary of its replicated state, and stops leasing a member as soon as a
+// failover away from it is committed, so that the old primary's agent
+// drops the VIP within lease_timeout even if some observers can still
+// reach it.
+package viprouter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/vigilha/vigil/failover"
+	vigilv1 "github.com/vigilha/vigil/proto/vigil/v1"
+)
+
+var (
+	// ErrStaleEpoch is wrapped by errors of calls an agent refused
+	// because it has seen a newer epoch of the group.
+	ErrStaleEpoch = errors.New("viprouter: stale epoch")
+	// ErrNoAgent is wrapped when no agent address is known for a member.
+	ErrNoAgent = errors.New("viprouter: no node agent for member")
+	// ErrClosed is returned after Close.
+	ErrClosed = errors.New("viprouter: closed")
+)
+
+// Defaults.
+const (
+	// DefaultLeaseCallTimeout caps one Lease call: leases are sent every
+	// lease_timeout/3, and a late one is worthless.
+	DefaultLeaseCallTimeout = 300 * time.Millisecond
+	// DefaultFenceExtra is added to the call timeout for Fence, which runs
+	// the host's fence command (up to the agent's fence_timeout, 10s by
+	// default) before answering.
+	DefaultFenceExtra = 10 * time.Second
+)
+
+// Option configures NewAgents.
+type Option func(*Agents)
+
+// WithLogger sets the logger (default: discard).
+func WithLogger(l *slog.Logger) Option { return func(a *Agents) { a.log = l } }
+
+// WithLeaseCallTimeout sets the timeout of one Lease call (default
+// min(callTimeout, DefaultLeaseCallTimeout)).
+func WithLeaseCallTimeout(d time.Duration) Option { return func(a *Agents) { a.leaseTimeout = d } }
+
+// WithFenceCallTimeout sets the timeout of one Fence call (default
+// callTimeout + DefaultFenceExtra).
+func WithFenceCallTimeout(d time.Duration) Option { return func(a *Agents) { a.fenceTimeout = d } }
+
+// WithDialOptions adds gRPC dial options (e.g. transport credentials,
+// which replace the default insecure ones).
+func WithDialOptions(opts ...grpc.DialOption) Option {
+	return func(a *Agents) { a.dialOpts = append(a.dialOpts, opts...) }
+}
+
+// Agents is a set of node agent clients, one lazily-connecting gRPC
+// client per agent address, shared by all groups. Safe for concurrent use.
+type Agents struct {
+	self         string
+	addrOf       func(group, member string) (string, bool)
+	callTimeout  time.Duration
+	leaseTimeout time.Duration
+	fenceTimeout time.Duration
+	dialOpts     []grpc.DialOption
+	log          *slog.Logger
+
+	mu     sync.Mutex
+	conns  map[string]*grpc.ClientConn
+	closed bool
+}
+
+// NewAgents returns clients acting as observer self. addrOf maps a group's
+// member to its agent's host:port (false: the member has no agent).
+// callTimeout bounds AddVIP and RemoveVIP calls (and, plus
+// DefaultFenceExtra, Fence calls).
+func NewAgents(self string, addrOf func(group, member string) (string, bool), callTimeout time.Duration, opts ...Option) *Agents {
+	if callTimeout <= 0 {
+		callTimeout = 2 * time.Second
+	}
+	a := &Agents{
+		self:        self,
+		addrOf:      addrOf,
+		callTimeout: callTimeout,
+		conns:       map[string]*grpc.ClientConn{},
+		log:         slog.New(slog.DiscardHandler),
+	}
+	for _, o := range opts {
+		o(a)
+	}
+	if a.leaseTimeout <= 0 {
+		a.leaseTimeout = min(callTimeout, DefaultLeaseCallTimeout)
+	}
+	if a.fenceTimeout <= 0 {
+		a.fenceTimeout = callTimeout + DefaultFenceExtra
+	}
+	return a
+}
+
+// Close closes every connection; later calls fail with ErrClosed.
+func (a *Agents) Close() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.closed = true
+	for addr, cc := range a.conns {
+		cc.Close()
+		delete(a.conns, addr)
+	}
+}
+
+func (a *Agents) client(addr string) (vigilv1.NodeAgentClient, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return nil, ErrClosed
+	}
+	if cc := a.conns[addr]; cc != nil {
+		return vigilv1.NewNodeAgentClient(cc), nil
+	}
+	opts := []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// Reconnect quickly after an agent restart or a healed
+		// partition: gRPC's default back-off grows to 2 minutes, during
+		// which calls fail at once and the agent gets no leases.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: a.callTimeout,
+		}),
+	}
+	opts = append(opts, a.dialOpts...)
+	cc, err := grpc.NewClient(addr, opts...) // connects on first use
+	if err != nil {
+		return nil, fmt.Errorf("viprouter: agent %s: %w", addr, err)
+	}
+	a.conns[addr] = cc
+	return vigilv1.NewNodeAgentClient(cc), nil
+}
+
+// agentFor returns the client for member's agent in group.
+func (a *Agents) agentFor(group, member string) (vigilv1.NodeAgentClient, string, error) {
+	addr, ok := a.addrOf(group, member)
+	if !ok || addr == "" {
+		return nil, "", fmt.Errorf("%w %q of group %q", ErrNoAgent, member, group)
+	}
+	c, err := a.client(addr)
+	return c, addr, err
+}
+
+// callError wraps a gRPC error, marking epoch refusals with ErrStaleEpoch.
+func callError(rpc, group, member, addr string, epoch uint64, err error) error {
+	if status.Code(err) == codes.FailedPrecondition {
+		return fmt.Errorf("%w: %s for group %q epoch %d refused by %s's agent (%s): %s", ErrStaleEpoch, rpc, group, epoch, member, addr, status.Convert(err).Message())
+	}
+	return fmt.Errorf("viprouter: %s for group %q epoch %d on %s's agent (%s): %w", rpc, group, epoch, member, addr, err)
+}
+
+// unreachable reports whether err means the agent did not answer (as
+// opposed to answering with a refusal).
+func unreachable(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
+		return true
+	}
+	return errors.Is(err, context.DeadlineExceeded)
+}
+
+func validAction(a failover.Action) error {
+	switch {
+	case a.Group == "":
+		return errors.New("viprouter: action without a group")
+	}
+	return nil
+}
+
+// Router returns the failover.Router moving the VIP through the agents.
+func (a *Agents) Router() failover.Router { return router{a} }
+
+// Fencer returns the failover.Fencer fencing the old primary through its
+// agent.
+func (a *Agents) Fencer() failover.Fencer { return fencer{a} }
+
+type router struct{ a *Agents }
+
+// Route removes the VIP from the old primary's agent (best effort: an
+// unreachable agent stops holding it on its own within lease_timeout once
+// the observers stop leasing it) and adds it on the new primary's agent,
+// which must succeed. A refusal by either agent for a stale epoch fails
+// the route: a newer failover has superseded this one. Route is
+// idempotent: replaying it re-sends the same requests, which change
+// nothing the second time.
+func (r router) Route(ctx context.Context, act failover.Action) error {
+	a := r.a
+	if err := validAction(act); err != nil {
+		return err
+	}
+	if act.New.Name == "" {
+		return fmt.Errorf("viprouter: group %q epoch %d: no new primary to route to", act.Group, act.Epoch)
+	}
+	req := &vigilv1.VIPRequest{Group: act.Group, Epoch: act.Epoch, Observer: a.self}
+	log := a.log.With("group", act.Group, "epoch", act.Epoch, "old", act.Old.Name, "new", act.New.Name)
+
+	if act.Old.Name != "" && act.Old.Name != act.New.Name {
+		c, addr, err := a.agentFor(act.Group, act.Old.Name)
+		switch {
+		case errors.Is(err, ErrNoAgent):
+			log.Debug("old primary has no node agent; not removing its VIP")
+		case err != nil:
+			return err
+		default:
+			cctx, cancel := context.WithTimeout(ctx, a.callTimeout)
+			resp, err := c.RemoveVIP(cctx, req)
+			cancel()
+			switch {
+			case err == nil:
+				log.Info("VIP removed from the old primary", "agent", addr, "changed", resp.GetChanged())
+			case status.Code(err) == codes.FailedPrecondition:
+				return callError("RemoveVIP", act.Group, act.Old.Name, addr, act.Epoch, err)
+			case ctx.Err() != nil:
+				return fmt.Errorf("viprouter: group %q epoch %d: %w", act.Group, act.Epoch, ctx.Err())
+			default:
+				// Unreachable or failing: it was fenced before this step,
+				// and without leases its agent drops the VIP by itself.
+				log.Warn("could not remove the VIP from the old primary; relying on its agent's self-fencing", "agent", addr,
+					"unreachable", unreachable(err), "err", err)
+			}
+		}
+	}
+
+	c, addr, err := a.agentFor(act.Group, act.New.Name)
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, a.callTimeout)
+	defer cancel()
+	resp, err := c.AddVIP(cctx, req)
+	if err != nil {
+		return callError("AddVIP", act.Group, act.New.Name, addr, act.Epoch, err)
+	}
+	log.Info("VIP added on the new primary", "agent", addr, "changed", resp.GetChanged())
+	return nil
+}
+
+type fencer struct{ a *Agents }
+
+// Fence asks the old primary's agent to remove the VIP and run its fence
+// command. Confirmed only when the agent confirms; an agent that cannot be
+// reached (or refuses) gives an unconfirmed result and an error.
+func (f fencer) Fence(ctx context.Context, act failover.Action) (failover.FenceResult, error) {
+	a := f.a
+	if err := validAction(act); err != nil {
+		return failover.FenceResult{Detail: err.Error()}, err
+	}
+	c, addr, err := a.agentFor(act.Group, act.Old.Name)
+	if err != nil {
+		return failover.FenceResult{Detail: err.Error()}, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, a.fenceTimeout)
+	defer cancel()
+	resp, err := c.Fence(cctx, &vigilv1.AgentFenceRequest{Group: act.Group, Epoch: act.Epoch, Observer: a.self})
+	if err != nil {
+		err = callError("Fence", act.Group, act.Old.Name, addr, act.Epoch, err)
+		return failover.FenceResult{Detail: err.Error()}, err
+	}
+	detail := fmt.Sprintf("node agent %s (%s): %s", act.Old.Name, addr, resp.GetDetail())
+	a.log.Info("node agent fence", "group", act.Group, "epoch", act.Epoch, "member", act.Old.Name, "confirmed", resp.GetConfirmed(), "detail", resp.GetDetail())
+	return failover.FenceResult{Confirmed: resp.GetConfirmed(), Detail: detail}, nil
+}
+
+// SendLeases sends this observer's lease — "primary is the primary of
+// group at epoch" — to the primary's agent, best effort with a short
+// timeout. It returns whether the agent holds the VIP, and the error if
+// the lease was not delivered or was refused (wrapping ErrStaleEpoch when
+// the agent has seen a newer epoch: this observer is behind). Callers call
+// it every lease_timeout/3 and may ignore the result.
+func (a *Agents) SendLeases(ctx context.Context, group string, epoch uint64, primary string) (holding bool, err error) {
+	if group == "" || primary == "" {
+		return false, fmt.Errorf("viprouter: lease needs a group and a primary (got %q, %q)", group, primary)
+	}
+	c, addr, err := a.agentFor(group, primary)
+	if err != nil {
+		return false, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, a.leaseTimeout)
+	defer cancel()
+	resp, err := c.Lease(cctx, &vigilv1.LeaseRequest{Group: group, Epoch: epoch, Observer: a.self, Primary: primary})
+	if err != nil {
+		return false, callError("Lease", group, primary, addr, epoch, err)
+	}
+	return resp.GetHolding(), nil
+}
