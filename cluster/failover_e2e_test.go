@@ -123,7 +123,7 @@ func tryQuery(n *pglab.Node, sql string, args ...any) (string, error) {
 }
 
 // exec runs a statement that returns no rows.
-func exec(t *testing.T, n *pglab.Node, sql string, args ...any) {
+func execSQL(t *testing.T, n *pglab.Node, sql string, args ...any) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -169,7 +169,7 @@ func assertFollows(t *testing.T, primary, standby *pglab.Node) {
 		return err == nil && port == fmt.Sprint(primary.Port), fmt.Sprintf("sender_port %s, err %v", port, err)
 	})
 	marker := fmt.Sprint(time.Now().UnixNano())
-	exec(t, primary, "CREATE TABLE IF NOT EXISTS follow_check (v text)")
+	execSQL(t, primary, "CREATE TABLE IF NOT EXISTS follow_check (v text)")
 	query(t, primary, "INSERT INTO follow_check VALUES ($1) RETURNING v", marker)
 	clustertest.WaitFor(t, 30*time.Second, "write on "+primary.Name+" replayed on "+standby.Name, func() (bool, string) {
 		n, err := tryQuery(standby, "SELECT count(*) FROM follow_check WHERE v = $1", marker)
@@ -248,7 +248,7 @@ func TestFailoverKillPrimary(t *testing.T) {
 	pg, c := failoverLab(t, labOptions{})
 	waitRoles(t, c, map[string]int{"/primary/pg-main/pg0": 200, "/primary/pg-main/pg1": 503, "/replica/pg-main/pg1": 200,
 		"/replica/pg-main/pg0": 503, "/primary/nope/pg0": 404})
-	exec(t, pg.Primary(), "CREATE TABLE t (id int)")
+	execSQL(t, pg.Primary(), "CREATE TABLE t (id int)")
 	if err := pg.Primary().Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -330,7 +330,7 @@ func TestFailoverSkipsLaggingStandbyAndPriorityZero(t *testing.T) {
 	pg, c := failoverLab(t, labOptions{priority: map[string]int{"pg2": 0}})
 	// pg1 stops replaying: it receives WAL but falls behind by > max_lag.
 	query(t, pg.Nodes[1], "SELECT pg_wal_replay_pause()::text")
-	exec(t, pg.Primary(), "CREATE TABLE bulk AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 20000) g")
+	execSQL(t, pg.Primary(), "CREATE TABLE bulk AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 20000) g")
 	clustertest.WaitFor(t, waitLong, "pg1 seen lagging", func() (bool, string) {
 		for _, h := range c.Nodes[0].Obs.Monitor().Health("pg-main") {
 			if h.GetMember() == "pg1" {
@@ -477,7 +477,7 @@ func TestSwitchoverUnderWriteLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	pg, c := failoverLab(t, labOptions{failover: fmt.Sprintf("      hooks: {rejoin: {command: [%q], timeout: 5s}}", script)})
-	exec(t, pg.Primary(), "CREATE TABLE acked (id bigint PRIMARY KEY)")
+	execSQL(t, pg.Primary(), "CREATE TABLE acked (id bigint PRIMARY KEY)")
 
 	var (
 		mu    sync.Mutex

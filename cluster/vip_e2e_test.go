@@ -1,0 +1,272 @@
+package cluster_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/vigilha/vigil/cluster/clustertest"
+	"github.com/vigilha/vigil/deploy/lab/netlab"
+	"github.com/vigilha/vigil/deploy/lab/pglab"
+	"github.com/vigilha/vigil/fsm"
+)
+
+// vipLab is a network-namespace lab: three database hosts (each with
+// PostgreSQL and a real `vigil node` agent), a client host, and three
+// in-process observers on the lab's gateway (the root namespace).
+type vipLab struct {
+	lab  *netlab.Lab
+	pg   *pglab.Cluster
+	c    *clustertest.Cluster
+	vip  string
+	dbs  []string // host names, db0 runs pg0 …
+	host map[string]string
+
+	mu      sync.Mutex
+	samples []vipSample
+}
+
+type vipSample struct {
+	at      time.Time
+	holders []string
+}
+
+var (
+	vigilBinOnce sync.Once
+	vigilBinPath string
+)
+
+func startVIPLab(t *testing.T) *vipLab {
+	t.Helper()
+	netlab.Require(t)
+	pglab.SkipUnlessAvailable(t)
+	vigilBinOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "vigil-vip-bin-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		vigilBinPath, _ = clustertest.BuildBinaries(t, dir)
+	})
+	v := &vipLab{dbs: []string{"db0", "db1", "db2"}, host: map[string]string{}}
+	v.lab = netlab.New(t, "vv", append(slices.Clone(v.dbs), "client"))
+	v.vip = strings.TrimSuffix(v.lab.Gateway, ".1") + ".200"
+	var hosts []pglab.Host
+	for i, h := range v.dbs {
+		hosts = append(hosts, pglab.Host{NetNS: v.lab.Hosts[h].NS, IP: v.lab.IP(h)})
+		v.host[fmt.Sprintf("pg%d", i)] = h
+	}
+	v.pg = pglab.StartForTest(t, pglab.Options{Standbys: 2, Hosts: hosts})
+
+	// One node agent per database host, as a real process in its namespace.
+	dir := t.TempDir()
+	for i, h := range v.dbs {
+		cfg := fmt.Sprintf(`node: %s
+listen: %s:7501
+data_dir: %s
+observers: [obs1, obs2, obs3]
+lease_timeout: 1s
+garp: {count: 2, interval: 50ms}
+groups:
+  - {name: pg-main, member: pg%d, vip: %s/32, interface: %s}
+`, h, v.lab.IP(h), filepath.Join(dir, h), i, v.vip, v.lab.Hosts[h].Iface)
+		path := filepath.Join(dir, h+".yaml")
+		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		logf, err := os.Create(filepath.Join(dir, h+".log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := v.lab.Exec(context.Background(), h, vigilBinPath, "node", "--config", path, "--log-level", "debug")
+		cmd.Stdout, cmd.Stderr = logf, logf
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			_ = cmd.Wait()
+			if t.Failed() {
+				b, _ := os.ReadFile(logf.Name())
+				t.Logf("--- agent %s ---\n%s", h, tail(string(b), 30))
+			}
+			logf.Close()
+		})
+	}
+
+	var g strings.Builder
+	g.WriteString(`
+  - name: pg-main
+    kind: postgres
+    primary: pg0
+    down_after: 2s
+    cooldown: 10m
+    probe: {type: postgres, interval: 300ms, timeout: 250ms}
+    failover: {vip: true, lease_timeout: 1s, step_timeout: 5s}
+    members:`)
+	for _, n := range v.pg.Nodes {
+		fmt.Fprintf(&g, "\n      - {name: %s, address: %q, agent: \"%s:7501\"}", n.Name, n.Addr(), n.IP)
+	}
+	g.WriteString("\n")
+	v.c = clustertest.Start(t, clustertest.Options{ConfigOptions: clustertest.ConfigOptions{Groups: g.String()}})
+	v.c.WaitForLeader(waitLong)
+
+	// Sample, all along, which hosts hold the VIP.
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for ctx.Err() == nil {
+			s := vipSample{at: time.Now()}
+			for _, h := range v.dbs {
+				if addrs, err := v.lab.Addrs(h); err == nil && slices.Contains(addrs, v.vip) {
+					s.holders = append(s.holders, h)
+				}
+			}
+			v.mu.Lock()
+			v.samples = append(v.samples, s)
+			v.mu.Unlock()
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+
+	clustertest.WaitFor(t, waitLong, "the VIP on db0", func() (bool, string) { h := v.holders(); return slices.Equal(h, []string{"db0"}), fmt.Sprint(h) })
+	return v
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (v *vipLab) holders() []string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if len(v.samples) == 0 {
+		return nil
+	}
+	return v.samples[len(v.samples)-1].holders
+}
+
+// assertNeverTwo fails if any sample saw the VIP on two hosts, and returns
+// the last instant old held it and the first instant new did.
+func (v *vipLab) assertNeverTwo(t *testing.T, old, new string) (lastOld, firstNew time.Time) {
+	t.Helper()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, s := range v.samples {
+		if len(s.holders) > 1 {
+			t.Fatalf("at %s the VIP was on %v at once", s.at.Format("15:04:05.000"), s.holders)
+		}
+		if slices.Contains(s.holders, old) {
+			lastOld = s.at
+		}
+		if slices.Contains(s.holders, new) && firstNew.IsZero() {
+			firstNew = s.at
+		}
+	}
+	t.Logf("%d samples of VIP holders; %s last held it at %s, %s first at %s", len(v.samples), old,
+		lastOld.Format("15:04:05.000"), new, firstNew.Format("15:04:05.000"))
+	return lastOld, firstNew
+}
+
+// clientWrite connects from the client host to the VIP and writes once.
+func (v *vipLab) clientWrite(t *testing.T) error {
+	t.Helper()
+	var conn *pgx.Conn
+	err := v.lab.InNS("client", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		var err error
+		conn, err = pgx.Connect(ctx, fmt.Sprintf("host=%s port=5432 user=postgres dbname=postgres sslmode=disable connect_timeout=2", v.vip))
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err = conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS through_vip (at timestamptz DEFAULT now()); INSERT INTO through_vip DEFAULT VALUES")
+	return err
+}
+
+func TestVIPMovesOnKillPrimary(t *testing.T) {
+	t.Parallel()
+	v := startVIPLab(t)
+	if err := v.clientWrite(t); err != nil {
+		t.Fatalf("client cannot write through the VIP before the failover: %v", err)
+	}
+	if err := v.pg.Primary().Kill(); err != nil {
+		t.Fatal(err)
+	}
+	f := waitFailovers(t, v.c, 1, fsm.OutcomeCompleted)
+	newHost := v.host[f.GetNewPrimary()]
+	clustertest.WaitFor(t, waitLong, "the VIP on "+newHost, func() (bool, string) {
+		h := v.holders()
+		return slices.Equal(h, []string{newHost}), fmt.Sprint(h)
+	})
+	clustertest.WaitFor(t, waitLong, "a client write through the VIP on the new primary", func() (bool, string) {
+		err := v.clientWrite(t)
+		return err == nil, fmt.Sprint(err)
+	})
+	if n := query(t, node(v.pg, f.GetNewPrimary()), "SELECT count(*) FROM through_vip"); n == "0" {
+		t.Fatal("the write through the VIP did not land on the new primary")
+	}
+	v.assertNeverTwo(t, "db0", newHost)
+	if addrs, _ := v.lab.Addrs("db0"); slices.Contains(addrs, v.vip) {
+		t.Fatal("the old primary's host still holds the VIP")
+	}
+}
+
+func TestVIPIsolatedPrimarySelfFencesBeforePromotion(t *testing.T) {
+	t.Parallel()
+	v := startVIPLab(t)
+	// db0 is cut off from everyone; its postgres keeps running.
+	cut := time.Now()
+	v.lab.CutAll("db0")
+	t.Cleanup(func() { v.lab.HealAll("db0") })
+	clustertest.WaitFor(t, waitLong, "db0's agent to drop the VIP on its own", func() (bool, string) {
+		h := v.holders()
+		return !slices.Contains(h, "db0"), fmt.Sprint(h)
+	})
+	dropped := time.Since(cut)
+	f := waitFailovers(t, v.c, 1, fsm.OutcomeCompleted)
+	newHost := v.host[f.GetNewPrimary()]
+	clustertest.WaitFor(t, waitLong, "the VIP on "+newHost, func() (bool, string) {
+		h := v.holders()
+		return slices.Equal(h, []string{newHost}), fmt.Sprint(h)
+	})
+	lastOld, firstNew := v.assertNeverTwo(t, "db0", newHost)
+	if !lastOld.Before(firstNew) {
+		t.Fatalf("db0 last held the VIP at %s, after %s got it at %s", lastOld, newHost, firstNew)
+	}
+	var promoted time.Time
+	for _, s := range f.GetSteps() {
+		if s.GetName() == fsm.StepPromoted {
+			promoted = s.GetAt().AsTime()
+		}
+	}
+	if !lastOld.Before(promoted) {
+		t.Fatalf("db0 still held the VIP at %s, after the promotion at %s", lastOld, promoted)
+	}
+	t.Logf("db0 dropped the VIP %s after the cut (lease_timeout 1s); fence: %s", dropped.Round(10*time.Millisecond), f.GetSteps()[0].GetDetail())
+	clustertest.WaitFor(t, waitLong, "a client write through the VIP on the new primary", func() (bool, string) {
+		err := v.clientWrite(t)
+		return err == nil, fmt.Sprint(err)
+	})
+}
