@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	osexec "os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -269,4 +270,102 @@ func TestVIPIsolatedPrimarySelfFencesBeforePromotion(t *testing.T) {
 		err := v.clientWrite(t)
 		return err == nil, fmt.Sprint(err)
 	})
+}
+
+// TestHAProxyFollowsPrimary routes clients through a real HAProxy whose
+// health checks ask an observer's /primary role endpoint and which vigil
+// re-points through the Runtime API: after a failover, only the new
+// primary receives connections.
+func TestHAProxyFollowsPrimary(t *testing.T) {
+	t.Parallel()
+	hp, err := osexec.LookPath("haproxy")
+	if err != nil {
+		if os.Getenv("VIGIL_REQUIRE_TOOLS") != "" {
+			t.Fatal("haproxy not installed")
+		}
+		t.Skip("haproxy not installed; set VIGIL_REQUIRE_TOOLS=1 to fail instead")
+	}
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "admin.sock")
+	pg, c := failoverLab(t, labOptions{failover: fmt.Sprintf("      haproxy: {socket: %q, backend: pg-main}", sock)})
+	front := clustertest.FreePorts(t, 1)[0]
+	var servers strings.Builder
+	for _, n := range pg.Nodes {
+		// Health checks ask observer 1's role endpoint about this member.
+		fmt.Fprintf(&servers, "    server %s %s check addr 127.0.0.1 port %s\n", n.Name, n.Addr(), strings.Split(c.Nodes[0].Obs.HTTPAddr(), ":")[1])
+	}
+	cfg := fmt.Sprintf(`global
+    stats socket %s mode 600 level admin
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+frontend pg
+    bind 127.0.0.1:%d
+    default_backend pg-main
+backend pg-main
+    option httpchk
+    http-check send meth GET uri-lf /primary/pg-main/%%[srv_name]
+    http-check expect status 200
+    default-server inter 200ms fall 1 rise 1 on-marked-down shutdown-sessions
+%s`, sock, front, servers.String())
+	cfgPath := filepath.Join(dir, "haproxy.cfg")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := osexec.Command(hp, "-db", "-f", cfgPath)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("haproxy output:\n%s", tail(out.String(), 20))
+		}
+	})
+	served := func() (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=disable connect_timeout=2", front))
+		if err != nil {
+			return "", err
+		}
+		defer conn.Close(context.Background())
+		var port int
+		if err := conn.QueryRow(ctx, "SELECT inet_server_port()").Scan(&port); err != nil {
+			return "", err
+		}
+		for _, n := range pg.Nodes {
+			if n.Port == port {
+				return n.Name, nil
+			}
+		}
+		return "", fmt.Errorf("served by unknown port %d", port)
+	}
+	// all waits until n connections in a row reach want.
+	all := func(want string) {
+		t.Helper()
+		clustertest.WaitFor(t, waitLong, "every connection through HAProxy reaching "+want, func() (bool, string) {
+			for i := 0; i < 10; i++ {
+				got, err := served()
+				if err != nil || got != want {
+					return false, fmt.Sprintf("connection %d: %s %v", i, got, err)
+				}
+			}
+			return true, ""
+		})
+	}
+	all("pg0")
+	if err := pg.Primary().Kill(); err != nil {
+		t.Fatal(err)
+	}
+	f := waitFailovers(t, c, 1, fsm.OutcomeCompleted)
+	all(f.GetNewPrimary())
+	if !strings.Contains(f.GetSteps()[2].GetDetail(), "traffic routed") {
+		t.Fatalf("rerouted step: %q", f.GetSteps()[2].GetDetail())
+	}
 }
