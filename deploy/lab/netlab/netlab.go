@@ -92,6 +92,9 @@ type Lab struct {
 	mu       sync.Mutex
 	dropping map[string]map[string]bool // host -> source IPs it drops
 	prepared map[string]string          // host -> cut method set up in its namespace
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // Host is one network namespace of a lab.
@@ -151,13 +154,34 @@ func Require(t testing.TB) {
 func New(t testing.TB, prefix string, hosts []string) *Lab {
 	t.Helper()
 	Require(t)
+	l, err := Create(prefix, hosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.t = t
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Errorf("%v", err)
+		}
+	})
+	t.Logf("netlab: bridge %s %s, hosts %s", l.Bridge, l.Subnet, l.describe())
+	return l
+}
+
+// Create builds a lab outside a test (the demo uses it); the caller must
+// Close it. On error nothing is left behind. Cut, Heal and the other
+// helpers that fail a test are only for labs made by New.
+func Create(prefix string, hosts []string) (_ *Lab, err error) {
+	if err := Available(); err != nil {
+		return nil, err
+	}
 	if len(hosts) == 0 || len(hosts) > 200 {
-		t.Fatalf("netlab: %d hosts: want 1 to 200", len(hosts))
+		return nil, fmt.Errorf("netlab: %d hosts: want 1 to 200", len(hosts))
 	}
 	seen := map[string]bool{}
 	for _, h := range hosts {
 		if h == "" || strings.ContainsAny(h, "/ \t") || seen[h] {
-			t.Fatalf("netlab: bad or duplicate host name %q", h)
+			return nil, fmt.Errorf("netlab: bad or duplicate host name %q", h)
 		}
 		seen[h] = true
 	}
@@ -168,7 +192,6 @@ func New(t testing.TB, prefix string, hosts []string) *Lab {
 	l := &Lab{
 		Bridge:   "vlb" + id,
 		Hosts:    map[string]*Host{},
-		t:        t,
 		id:       id,
 		order:    slices.Clone(hosts),
 		dropping: map[string]map[string]bool{},
@@ -183,11 +206,14 @@ func New(t testing.TB, prefix string, hosts []string) *Lab {
 			Veth:  fmt.Sprintf("vl%s-%d", id, i),
 		}
 	}
-	t.Cleanup(l.close)
-
+	defer func() {
+		if err != nil {
+			_ = l.Close()
+		}
+	}()
 	y, err := l.createBridge()
 	if err != nil {
-		t.Fatalf("netlab: %v", err)
+		return nil, fmt.Errorf("netlab: %w", err)
 	}
 	l.Subnet = fmt.Sprintf("10.213.%d.0/24", y)
 	l.Gateway = fmt.Sprintf("10.213.%d.1", y)
@@ -203,12 +229,11 @@ func New(t testing.TB, prefix string, hosts []string) *Lab {
 			{"-n", h.NS, "link", "set", "lo", "up"},
 		} {
 			if err := ip(args...); err != nil {
-				t.Fatalf("netlab: host %s: %v", name, err)
+				return nil, fmt.Errorf("netlab: host %s: %w", name, err)
 			}
 		}
 	}
-	t.Logf("netlab: bridge %s %s, hosts %s", l.Bridge, l.Subnet, l.describe())
-	return l
+	return l, nil
 }
 
 func (l *Lab) describe() string {
@@ -226,10 +251,12 @@ func (l *Lab) describe() string {
 // Names returns the host names in the order given to New.
 func (l *Lab) Names() []string { return slices.Clone(l.order) }
 
-// IP returns the address of a host, failing the test for an unknown one.
+// IP returns the address of a host ("" for an unknown one).
 func (l *Lab) IP(host string) string {
-	l.t.Helper()
-	return l.mustHost(host).IP
+	if h, ok := l.Hosts[host]; ok {
+		return h.IP
+	}
+	return ""
 }
 
 func (l *Lab) host(name string) (*Host, error) {
@@ -355,8 +382,14 @@ func conflicts(cand *net.IPNet, routes []*net.IPNet) bool {
 	return false
 }
 
-// close tears the lab down; it tolerates a half-built lab.
-func (l *Lab) close() {
+// Close tears the lab down; it tolerates a half-built lab and a second
+// call.
+func (l *Lab) Close() error {
+	l.closeOnce.Do(func() { l.closeErr = l.close() })
+	return l.closeErr
+}
+
+func (l *Lab) close() error {
 	var errs []error
 	inodes := map[string]string{} // host -> namespace inode
 	for _, name := range l.order {
@@ -398,8 +431,9 @@ func (l *Lab) close() {
 		subnetMu.Unlock()
 	}
 	if err := errors.Join(errs...); err != nil {
-		l.t.Errorf("netlab: teardown: %v", err)
+		return fmt.Errorf("netlab: teardown: %w", err)
 	}
+	return nil
 }
 
 // nsInode returns the inode of a named namespace ("" if it is gone).

@@ -345,43 +345,26 @@ func (f *fakeTB) Cleanup(fn func())                 { f.mu.Lock(); f.cleanups = 
 func (f *fakeTB) Logf(format string, args ...any)   { f.TB.Logf(format, args...) }
 func (f *fakeTB) Errorf(format string, args ...any) { f.TB.Errorf(format, args...) }
 
-// TestTeardownAfterFailedNew: New fails on its third host (a namespace
-// name too long for a file name); the bridge, the first two hosts' veths
-// and namespaces must still be removed by the cleanup.
+// TestTeardownAfterFailedNew: building fails on the third host (a
+// namespace name too long for a file name); the bridge, the first two
+// hosts' veths and namespaces must be gone when Create returns, and New
+// fails its test.
 func TestTeardownAfterFailedNew(t *testing.T) {
 	Require(t)
-	f := &fakeTB{TB: t}
-	var l *Lab
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		l = New(f, "vt", []string{"x", "y", strings.Repeat("z", 300)})
-	}()
-	<-done
-	if f.fatal == "" || l != nil {
-		t.Fatalf("New with a 300-character host name did not fail (fatal %q)", f.fatal)
+	l, err := Create("vt", []string{"x", "y", strings.Repeat("z", 300)})
+	if err == nil || l != nil {
+		t.Fatalf("Create with a 300-character host name did not fail (err %v)", err)
 	}
-	t.Logf("New failed as expected: %.200s", f.fatal)
-	if len(f.cleanups) == 0 {
-		t.Fatal("New registered no cleanup before failing")
-	}
+	t.Logf("Create failed as expected: %.200s", err)
 	// Other labs may run in parallel (other packages): look for this one's
 	// names only, taken from the failure message.
+	msg := err.Error()
 	id := ""
-	if i := strings.Index(f.fatal, "netns add vt-"); i >= 0 && len(f.fatal) >= i+19 {
-		id = f.fatal[i+13 : i+19]
+	if i := strings.Index(msg, "netns add vt-"); i >= 0 && len(msg) >= i+19 {
+		id = msg[i+13 : i+19]
 	}
 	if id == "" {
-		t.Fatalf("no lab id in %q", f.fatal)
-	}
-	before, _ := exec.Command("ip", "-o", "link", "show").CombinedOutput()
-	nsBefore, _ := exec.Command("ip", "netns", "list").CombinedOutput()
-	if !strings.Contains(string(before), "vlb"+id) || !strings.Contains(string(before), "vl"+id+"-1") ||
-		!strings.Contains(string(nsBefore), "vt-"+id+"-y") {
-		t.Fatalf("expected a half-built lab %s before the cleanup:\n%s\n%s", id, before, nsBefore)
-	}
-	for i := len(f.cleanups) - 1; i >= 0; i-- {
-		f.cleanups[i]()
+		t.Fatalf("no lab id in %q", msg)
 	}
 	links, _ := exec.Command("ip", "-o", "link", "show").CombinedOutput()
 	nss, _ := exec.Command("ip", "netns", "list").CombinedOutput()
@@ -390,5 +373,16 @@ func TestTeardownAfterFailedNew(t *testing.T) {
 	}
 	if strings.Contains(string(nss), "vt-"+id) {
 		t.Errorf("namespaces of lab %s left behind:\n%s", id, nss)
+	}
+
+	f := &fakeTB{TB: t}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		l = New(f, "vt", []string{"x", strings.Repeat("z", 300)})
+	}()
+	<-done
+	if f.fatal == "" || l != nil {
+		t.Fatalf("New with a bad host did not fail its test (fatal %q)", f.fatal)
 	}
 }
