@@ -4,8 +4,12 @@
 // the demo prints the failover as it happens, then how many acknowledged
 // writes were lost. Everything it starts is stopped on exit.
 //
-// Clients follow the primary that vigil's replicated state names (there is
-// no VIP or load balancer in this demo yet).
+// Where it can (root, network namespaces), every database server is a host
+// of its own in a network-namespace lab with a real `vigil node` agent,
+// and the client, on a host of its own, writes through the group's virtual
+// IP. Elsewhere it says why and runs on loopback with the client going
+// through a real HAProxy that follows vigil (or, without HAProxy, straight
+// to the primary vigil names).
 package main
 
 import (
@@ -29,6 +33,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/vigilha/vigil/deploy/lab/netlab"
 	"github.com/vigilha/vigil/deploy/lab/pglab"
 	vigilv1 "github.com/vigilha/vigil/proto/vigil/v1"
 )
@@ -36,8 +41,9 @@ import (
 func main() {
 	bin := flag.String("bin", "bin", "directory holding the vigil and vigilctl binaries")
 	keep := flag.Bool("keep", false, "keep the run directory (logs, configs) after exit")
+	mode := flag.String("mode", "auto", "lab (network namespaces + VIP, needs root), loopback (HAProxy), or auto")
 	flag.Parse()
-	if err := run(*bin, *keep); err != nil {
+	if err := run(*bin, *keep, *mode); err != nil {
 		fmt.Fprintln(os.Stderr, "vigil-demo:", err)
 		os.Exit(1)
 	}
@@ -49,7 +55,7 @@ func say(format string, args ...any) {
 	fmt.Printf("[%s +%7.3fs] %s\n", time.Now().UTC().Format("15:04:05.000"), time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 }
 
-func run(bin string, keep bool) error {
+func run(bin string, keep bool, mode string) error {
 	if err := pglab.Available(); err != nil {
 		return fmt.Errorf("PostgreSQL cannot run here, so the demo cannot: %w (on Debian: apt-get install -y postgresql; run as root)", err)
 	}
@@ -71,8 +77,35 @@ func run(bin string, keep bool) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	switch mode {
+	case "auto":
+		mode = "lab"
+		if err := netlab.Available(); err != nil {
+			mode = "loopback"
+			say("no network-namespace lab here (%v): running on loopback instead", err)
+		}
+	case "lab", "loopback":
+	default:
+		return fmt.Errorf("-mode %q: want lab, loopback or auto", mode)
+	}
+
+	pgOpts := pglab.Options{Standbys: 2, Sync: true, BaseDir: filepath.Join(dir, "pg")}
+	var lab *netlab.Lab
+	vip := ""
+	if mode == "lab" {
+		say("building the lab: hosts db0, db1, db2 and client as network namespaces on a bridge")
+		lab, err = netlab.Create("demo", []string{"db0", "db1", "db2", "client"})
+		if err != nil {
+			return err
+		}
+		defer lab.Close()
+		vip = strings.TrimSuffix(lab.Gateway, ".1") + ".200"
+		for _, h := range []string{"db0", "db1", "db2"} {
+			pgOpts.Hosts = append(pgOpts.Hosts, pglab.Host{NetNS: lab.Hosts[h].NS, IP: lab.IP(h)})
+		}
+	}
 	say("starting PostgreSQL: a primary and two streaming standbys, synchronous_standby_names = ANY 1 (run as the postgres user)")
-	pg, err := pglab.Start(ctx, pglab.Options{Standbys: 2, Sync: true, BaseDir: filepath.Join(dir, "pg")})
+	pg, err := pglab.Start(ctx, pgOpts)
 	if err != nil {
 		return fmt.Errorf("start PostgreSQL: %w", err)
 	}
@@ -81,7 +114,29 @@ func run(bin string, keep bool) error {
 		say("  %s listening on %s", n.Name, n.Addr())
 	}
 
-	obs, err := startObservers(ctx, vigil, dir, pg)
+	groupExtra := ""
+	agentOf := map[string]string{}
+	hapSock := filepath.Join(dir, "haproxy.sock")
+	_, hapErr := exec.LookPath("haproxy")
+	switch {
+	case lab != nil:
+		stopAgents, err := startAgents(lab, vigil, dir, vip)
+		if err != nil {
+			return err
+		}
+		defer stopAgents()
+		for i, n := range pg.Nodes {
+			agentOf[n.Name] = fmt.Sprintf("%s:7501", lab.IP(fmt.Sprintf("db%d", i)))
+		}
+		groupExtra = "    failover: {vip: true, lease_timeout: 1s}\n"
+		say("node agents started on db0, db1, db2; the VIP %s will follow the primary", vip)
+	case hapErr == nil:
+		groupExtra = fmt.Sprintf("    failover: {haproxy: {socket: %q, backend: pg-main}}\n", hapSock)
+	default:
+		say("HAProxy is not installed (apt-get install -y haproxy): the client will follow the primary vigil names")
+	}
+
+	obs, err := startObservers(ctx, vigil, dir, pg, groupExtra, agentOf)
 	if err != nil {
 		return err
 	}
@@ -113,6 +168,29 @@ func run(bin string, keep bool) error {
 	show(ctl, addrs, "group", "pg-main")
 
 	w := newWriter(pg, client)
+	switch {
+	case lab != nil:
+		w.via = "the VIP " + vip
+		w.dial = func(ctx context.Context) (*pgx.Conn, error) {
+			var conn *pgx.Conn
+			err := lab.InNS("client", func() error {
+				var err error
+				conn, err = pgx.Connect(ctx, fmt.Sprintf("host=%s port=5432 user=postgres dbname=postgres sslmode=disable connect_timeout=1", vip))
+				return err
+			})
+			return conn, err
+		}
+	case hapErr == nil:
+		front, stopHAProxy, err := startHAProxy(dir, hapSock, pg, obs.http[0])
+		if err != nil {
+			return err
+		}
+		defer stopHAProxy()
+		w.via = "HAProxy on " + front
+		w.dial = func(ctx context.Context) (*pgx.Conn, error) {
+			return pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%s user=postgres dbname=postgres sslmode=disable connect_timeout=1", strings.Split(front, ":")[1]))
+		}
+	}
 	if err := w.prepare(ctx); err != nil {
 		return err
 	}
@@ -124,7 +202,7 @@ func run(bin string, keep bool) error {
 		wcancel()
 		return fmt.Errorf("the writer could not write: %w", err)
 	}
-	say("a client is writing to the primary (%d writes acknowledged so far)", w.count())
+	say("a client is writing through %s (%d writes acknowledged so far)", w.via, w.count())
 
 	watch, err := client.watch(ctx)
 	if err != nil {
@@ -185,6 +263,19 @@ func run(bin string, keep bool) error {
 		return fmt.Errorf("no failover (logs in %s): %w", dir, err)
 	}
 	say("  failover %s: %s", f.GetOutcome(), f.GetOutcomeDetail())
+	var vipMoved time.Time
+	if lab != nil {
+		newHost := fmt.Sprintf("db%s", strings.TrimPrefix(f.GetNewPrimary(), "pg"))
+		if err := waitFor(ctx, 30*time.Second, func() (bool, error) {
+			a, err := lab.Addrs(newHost)
+			return err == nil && contains(a, vip), nil
+		}); err != nil {
+			wcancel()
+			return fmt.Errorf("the VIP did not reach %s: %w", newHost, err)
+		}
+		vipMoved = time.Now()
+		say("  VIP %s is on %s", vip, newHost)
+	}
 	if err := waitFor(ctx, 30*time.Second, func() (bool, error) { return w.firstOn(f.GetNewPrimary()) != time.Time{}, nil }); err != nil {
 		wcancel()
 		return fmt.Errorf("the client never wrote to the new primary: %w", err)
@@ -208,6 +299,9 @@ func run(bin string, keep bool) error {
 		fmt.Printf("    %-19s +%6dms\n", s.GetName(), s.GetAt().AsTime().Sub(killed).Milliseconds())
 	}
 	fmt.Printf("    completed           +%6dms\n", f.GetFinishedAt().AsTime().Sub(killed).Milliseconds())
+	if !vipMoved.IsZero() {
+		fmt.Printf("    VIP seen on new     +%6dms  (or earlier: polled)\n", vipMoved.Sub(killed).Milliseconds())
+	}
 	fmt.Printf("    first write on new  +%6dms  (%s)\n", first.Sub(killed).Milliseconds(), f.GetNewPrimary())
 	fmt.Printf("    writes acknowledged  %d, lost: %d\n\n", total, lost)
 	show(ctl, addrs, "history", "pg-main")
@@ -252,6 +346,7 @@ func waitFor(ctx context.Context, timeout time.Duration, cond func() (bool, erro
 type observers struct {
 	cmds []*exec.Cmd
 	grpc []string
+	http []string
 }
 
 func freePorts(n int) ([]int, error) {
@@ -273,7 +368,7 @@ func freePorts(n int) ([]int, error) {
 	return ports, nil
 }
 
-func startObservers(ctx context.Context, vigil, dir string, pg *pglab.Cluster) (*observers, error) {
+func startObservers(ctx context.Context, vigil, dir string, pg *pglab.Cluster, groupExtra string, agentOf map[string]string) (*observers, error) {
 	ports, err := freePorts(12)
 	if err != nil {
 		return nil, err
@@ -284,7 +379,11 @@ func startObservers(ctx context.Context, vigil, dir string, pg *pglab.Cluster) (
 	}
 	var members strings.Builder
 	for _, n := range pg.Nodes {
-		fmt.Fprintf(&members, "\n      - {name: %s, address: %q}", n.Name, n.Addr())
+		agent := ""
+		if a, ok := agentOf[n.Name]; ok {
+			agent = fmt.Sprintf(", agent: %q", a)
+		}
+		fmt.Fprintf(&members, "\n      - {name: %s, address: %q%s}", n.Name, n.Addr(), agent)
 	}
 	var list strings.Builder
 	for i := 0; i < 3; i++ {
@@ -307,8 +406,8 @@ groups:
     down_after: 2s
     cooldown: 5m
     probe: {type: postgres, interval: 500ms, timeout: 400ms}
-    members:%s
-`, i+1, filepath.Join(dir, fmt.Sprintf("obs%d", i+1)), ports[4*i], ports[4*i+1], base64.StdEncoding.EncodeToString(key), ports[4*i+2], ports[4*i+3], list.String(), pg.Primary().Name, members.String())
+%s    members:%s
+`, i+1, filepath.Join(dir, fmt.Sprintf("obs%d", i+1)), ports[4*i], ports[4*i+1], base64.StdEncoding.EncodeToString(key), ports[4*i+2], ports[4*i+3], list.String(), pg.Primary().Name, groupExtra, members.String())
 		path := filepath.Join(dir, fmt.Sprintf("obs%d.yaml", i+1))
 		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 			return nil, err
@@ -326,6 +425,7 @@ groups:
 		}
 		o.cmds = append(o.cmds, cmd)
 		o.grpc = append(o.grpc, fmt.Sprintf("127.0.0.1:%d", ports[4*i+2]))
+		o.http = append(o.http, fmt.Sprintf("127.0.0.1:%d", ports[4*i+3]))
 		say("observer obs%d started (pid %d, admin API %s, metrics http://127.0.0.1:%d/metrics)", i+1, cmd.Process.Pid, o.grpc[i], ports[4*i+3])
 	}
 	return o, nil
@@ -423,6 +523,10 @@ func (a *admin) watch(ctx context.Context) (<-chan *vigilv1.WatchEvent, error) {
 type writer struct {
 	pg     *pglab.Cluster
 	client *admin
+	// dial connects the way clients do (VIP, HAProxy); nil means "to the
+	// primary vigil names".
+	dial func(context.Context) (*pgx.Conn, error)
+	via  string
 
 	mu    sync.Mutex
 	acked []int64
@@ -430,7 +534,7 @@ type writer struct {
 }
 
 func newWriter(pg *pglab.Cluster, client *admin) *writer {
-	return &writer{pg: pg, client: client, first: map[string]time.Time{}}
+	return &writer{pg: pg, client: client, first: map[string]time.Time{}, via: "to the primary vigil names"}
 }
 
 func (w *writer) node(name string) *pglab.Node {
@@ -462,15 +566,8 @@ func (w *writer) run(ctx context.Context) {
 	}()
 	for id := int64(1); ctx.Err() == nil; id++ {
 		if conn == nil {
-			r, err := w.client.group(ctx)
-			if err != nil || w.node(r.GetGroup().GetPrimary()) == nil {
-				time.Sleep(10 * time.Millisecond)
-				continue
-			}
-			cur = r.GetGroup().GetPrimary()
-			cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-			conn, err = w.node(cur).Connect(cctx)
-			cancel()
+			var err error
+			conn, cur, err = w.connect(ctx)
 			if err != nil {
 				conn = nil
 				time.Sleep(10 * time.Millisecond)
@@ -492,6 +589,37 @@ func (w *writer) run(ctx context.Context) {
 		}
 		w.mu.Unlock()
 	}
+}
+
+// connect opens a connection and says which member answered.
+func (w *writer) connect(ctx context.Context) (*pgx.Conn, string, error) {
+	cctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if w.dial == nil {
+		r, err := w.client.group(cctx)
+		if err != nil || w.node(r.GetGroup().GetPrimary()) == nil {
+			return nil, "", fmt.Errorf("no primary known")
+		}
+		name := r.GetGroup().GetPrimary()
+		conn, err := w.node(name).Connect(cctx)
+		return conn, name, err
+	}
+	conn, err := w.dial(cctx)
+	if err != nil {
+		return nil, "", err
+	}
+	var addr string
+	var port int
+	if err := conn.QueryRow(cctx, "SELECT host(inet_server_addr()), inet_server_port()").Scan(&addr, &port); err != nil {
+		conn.Close(context.Background())
+		return nil, "", err
+	}
+	for _, n := range w.pg.Nodes {
+		if n.IP == addr && n.Port == port {
+			return conn, n.Name, nil
+		}
+	}
+	return conn, "unknown", nil
 }
 
 func (w *writer) count() int {
@@ -525,4 +653,102 @@ func (w *writer) lost(ctx context.Context, primary string) (lost, total int, err
 		return 0, 0, err
 	}
 	return len(ids) - have, len(ids), nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// startAgents runs `vigil node` on every database host of the lab.
+func startAgents(lab *netlab.Lab, vigil, dir, vip string) (func(), error) {
+	var cmds []*exec.Cmd
+	stop := func() {
+		for _, c := range cmds {
+			_ = syscall.Kill(-c.Process.Pid, syscall.SIGTERM)
+		}
+		for _, c := range cmds {
+			_ = c.Wait()
+		}
+	}
+	for i, h := range []string{"db0", "db1", "db2"} {
+		cfg := fmt.Sprintf(`node: %s
+listen: %s:7501
+data_dir: %s
+observers: [obs1, obs2, obs3]
+lease_timeout: 1s
+groups:
+  - {name: pg-main, member: pg%d, vip: %s/32, interface: %s}
+`, h, lab.IP(h), filepath.Join(dir, "agent-"+h), i, vip, lab.Hosts[h].Iface)
+		path := filepath.Join(dir, "agent-"+h+".yaml")
+		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+			stop()
+			return nil, err
+		}
+		logf, err := os.Create(filepath.Join(dir, "agent-"+h+".log"))
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		cmd := lab.Exec(context.Background(), h, vigil, "node", "--config", path)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			stop()
+			return nil, fmt.Errorf("start node agent on %s: %w", h, err)
+		}
+		cmds = append(cmds, cmd)
+	}
+	return stop, nil
+}
+
+// startHAProxy runs HAProxy in front of the servers: health checks ask an
+// observer's /primary role endpoint, and vigil re-points it through the
+// Runtime API socket.
+func startHAProxy(dir, sock string, pg *pglab.Cluster, observerHTTP string) (string, func(), error) {
+	ports, err := freePorts(1)
+	if err != nil {
+		return "", nil, err
+	}
+	var servers strings.Builder
+	for _, n := range pg.Nodes {
+		fmt.Fprintf(&servers, "    server %s %s check addr 127.0.0.1 port %s\n", n.Name, n.Addr(), strings.Split(observerHTTP, ":")[1])
+	}
+	front := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	cfg := fmt.Sprintf(`global
+    stats socket %s mode 600 level admin
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+frontend pg
+    bind %s
+    default_backend pg-main
+backend pg-main
+    option httpchk
+    http-check send meth GET uri-lf /primary/pg-main/%%[srv_name]
+    http-check expect status 200
+    default-server inter 200ms fall 1 rise 1 on-marked-down shutdown-sessions
+%s`, sock, front, servers.String())
+	path := filepath.Join(dir, "haproxy.cfg")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		return "", nil, err
+	}
+	logf, err := os.Create(filepath.Join(dir, "haproxy.log"))
+	if err != nil {
+		return "", nil, err
+	}
+	cmd := exec.Command("haproxy", "-db", "-f", path)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return "", nil, fmt.Errorf("start haproxy: %w", err)
+	}
+	say("HAProxy listening on %s; its checks ask observer 1 (%s/primary/pg-main/<member>)", front, observerHTTP)
+	return front, func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); logf.Close() }, nil
 }
