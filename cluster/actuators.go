@@ -12,8 +12,8 @@ import (
 	"github.com/vigilha/vigil/failover"
 	"github.com/vigilha/vigil/failover/haproxy"
 	"github.com/vigilha/vigil/failover/hook"
-	"github.com/vigilha/vigil/failover/viprouter"
 	"github.com/vigilha/vigil/failover/pgactuator"
+	"github.com/vigilha/vigil/failover/viprouter"
 )
 
 // actuatorSet is what buildActuators makes: per-group actuators, the
