@@ -103,12 +103,15 @@ func buildActuators(cfg *config.Config, log *slog.Logger) actuatorSet {
 // leaseExpiry confirms a fence by waiting out the node agents' lease:
 // once a failover's intent is committed, no observer leases the old
 // primary any more, so its agent — reachable or not — drops the VIP
-// within lease_timeout of the last lease it got. The wait is counted from
-// the intent's commit (the failover's start), with a small margin.
+// within lease_timeout of the last lease it received. A lease sent just
+// before an observer applied the intent may arrive up to one lease call
+// timeout later, so the wait, counted from the intent's commit, is
+// lease_timeout + that call timeout + 10% + 100ms for drift and
+// scheduling (failover/DESIGN.md).
 type leaseExpiry struct{ timeout time.Duration }
 
 func (l leaseExpiry) Fence(ctx context.Context, a failover.Action) (failover.FenceResult, error) {
-	wait := l.timeout + l.timeout/4
+	wait := l.timeout + viprouter.DefaultLeaseCallTimeout + l.timeout/10 + 100*time.Millisecond
 	if !a.Started.IsZero() {
 		wait = time.Until(a.Started.Add(wait))
 	}
