@@ -21,7 +21,7 @@ func pauseCmd(group, reason string) *vigilv1.Command {
 }
 
 // waitGroupsSynced waits until every running observer serves the config's groups.
-func waitGroupsSynced(t *testing.T, c *clustertest.Cluster) {
+func waitGroupsSynced(t testing.TB, c *clustertest.Cluster) {
 	t.Helper()
 	clustertest.WaitFor(t, waitLong, "pg-main synced to every observer", func() (bool, string) {
 		for _, i := range c.Running() {
@@ -115,7 +115,7 @@ func TestLeaderKilledNewLeaderElectedAndOldRejoins(t *testing.T) {
 }
 
 // snapshots returns each running observer's encoded state.
-func snapshots(t *testing.T, c *clustertest.Cluster) map[string][]byte {
+func snapshots(t testing.TB, c *clustertest.Cluster) map[string][]byte {
 	t.Helper()
 	out := map[string][]byte{}
 	for _, i := range c.Running() {
@@ -128,7 +128,7 @@ func snapshots(t *testing.T, c *clustertest.Cluster) map[string][]byte {
 	return out
 }
 
-func assertIdentical(t *testing.T, states map[string][]byte) []byte {
+func assertIdentical(t testing.TB, states map[string][]byte) []byte {
 	t.Helper()
 	var ref []byte
 	var refID string

@@ -27,12 +27,14 @@ type labOptions struct {
 	priority  map[string]int // member -> priority (default 100)
 	failover  string         // YAML of the group's failover section (indented 4)
 	cooldown  string
+	sync      bool   // synchronous_standby_names = ANY 1 (…)
+	downAfter string // default 1s
 	customize func(i int, o *cluster.Options)
 }
 
 // failoverLab starts a real primary with standbys (members pg0, pg1, …,
 // named like the servers' application_name) and three observers.
-func failoverLab(t *testing.T, lo labOptions) (*pglab.Cluster, *clustertest.Cluster) {
+func failoverLab(t testing.TB, lo labOptions) (*pglab.Cluster, *clustertest.Cluster) {
 	t.Helper()
 	if lo.standbys == 0 {
 		lo.standbys = 2
@@ -40,13 +42,16 @@ func failoverLab(t *testing.T, lo labOptions) (*pglab.Cluster, *clustertest.Clus
 	if lo.cooldown == "" {
 		lo.cooldown = "10m"
 	}
-	pg := pglab.StartForTest(t, pglab.Options{Standbys: lo.standbys})
+	if lo.downAfter == "" {
+		lo.downAfter = "1s"
+	}
+	pg := pglab.StartForTest(t, pglab.Options{Standbys: lo.standbys, Sync: lo.sync})
 	var b strings.Builder
 	fmt.Fprintf(&b, `
   - name: pg-main
     kind: postgres
     primary: pg0
-    down_after: 1s
+    down_after: %s
     cooldown: %s
     max_lag: 1MiB
     probe: {type: postgres, interval: 300ms, timeout: 250ms}
@@ -54,7 +59,7 @@ func failoverLab(t *testing.T, lo labOptions) (*pglab.Cluster, *clustertest.Clus
       step_timeout: 10s
       veto_backoff: 1m
 %s
-    members:`, lo.cooldown, lo.failover)
+    members:`, lo.downAfter, lo.cooldown, lo.failover)
 	for _, n := range pg.Nodes {
 		prio, ok := lo.priority[n.Name]
 		if !ok {
@@ -98,7 +103,7 @@ func node(pg *pglab.Cluster, name string) *pglab.Node {
 }
 
 // query runs one statement on a node and returns the first column.
-func query(t *testing.T, n *pglab.Node, sql string, args ...any) string {
+func query(t testing.TB, n *pglab.Node, sql string, args ...any) string {
 	t.Helper()
 	out, err := tryQuery(n, sql, args...)
 	if err != nil {
@@ -123,7 +128,7 @@ func tryQuery(n *pglab.Node, sql string, args ...any) (string, error) {
 }
 
 // exec runs a statement that returns no rows.
-func execSQL(t *testing.T, n *pglab.Node, sql string, args ...any) {
+func execSQL(t testing.TB, n *pglab.Node, sql string, args ...any) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -137,7 +142,7 @@ func execSQL(t *testing.T, n *pglab.Node, sql string, args ...any) {
 	}
 }
 
-func waitFailovers(t *testing.T, c *clustertest.Cluster, n int, outcome string) *vigilv1.Failover {
+func waitFailovers(t testing.TB, c *clustertest.Cluster, n int, outcome string) *vigilv1.Failover {
 	t.Helper()
 	var f *vigilv1.Failover
 	clustertest.WaitFor(t, 60*time.Second, fmt.Sprintf("%d finished failover(s), last %s", n, outcome), func() (bool, string) {
@@ -162,7 +167,7 @@ func leaderStatus(c *clustertest.Cluster) string {
 }
 
 // assertFollows checks standby streams from primary and replays its writes.
-func assertFollows(t *testing.T, primary, standby *pglab.Node) {
+func assertFollows(t testing.TB, primary, standby *pglab.Node) {
 	t.Helper()
 	clustertest.WaitFor(t, 30*time.Second, standby.Name+" streaming from "+primary.Name, func() (bool, string) {
 		port, err := tryQuery(standby, "SELECT coalesce((SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming'), 0)")
@@ -177,7 +182,7 @@ func assertFollows(t *testing.T, primary, standby *pglab.Node) {
 	})
 }
 
-func assertOnePrimary(t *testing.T, pg *pglab.Cluster, want string) {
+func assertOnePrimary(t testing.TB, pg *pglab.Cluster, want string) {
 	t.Helper()
 	for _, n := range pg.Nodes {
 		if !n.Running() {
@@ -191,7 +196,7 @@ func assertOnePrimary(t *testing.T, pg *pglab.Cluster, want string) {
 }
 
 // assertOneWritable checks that only want accepts a write transaction.
-func assertOneWritable(t *testing.T, pg *pglab.Cluster, want string) {
+func assertOneWritable(t testing.TB, pg *pglab.Cluster, want string) {
 	t.Helper()
 	for _, n := range pg.Nodes {
 		if !n.Running() {
@@ -218,7 +223,7 @@ func assertOneWritable(t *testing.T, pg *pglab.Cluster, want string) {
 }
 
 // roleCode asks observer i's HTTP role endpoint.
-func roleCode(t *testing.T, c *clustertest.Cluster, i int, path string) int {
+func roleCode(t testing.TB, c *clustertest.Cluster, i int, path string) int {
 	t.Helper()
 	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + c.Nodes[i].Obs.HTTPAddr() + path)
 	if err != nil {
@@ -229,7 +234,7 @@ func roleCode(t *testing.T, c *clustertest.Cluster, i int, path string) int {
 }
 
 // waitRoles waits until every running observer answers each path with its code.
-func waitRoles(t *testing.T, c *clustertest.Cluster, want map[string]int) {
+func waitRoles(t testing.TB, c *clustertest.Cluster, want map[string]int) {
 	t.Helper()
 	clustertest.WaitFor(t, waitLong, fmt.Sprint("role endpoints ", want), func() (bool, string) {
 		for _, i := range c.Running() {

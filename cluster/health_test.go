@@ -45,7 +45,7 @@ func memberHealth(c *clustertest.Cluster, i int, member string) *vigilv1.MemberH
 }
 
 // waitState waits until every running observer reports member in state.
-func waitState(t *testing.T, c *clustertest.Cluster, member, state string, timeout time.Duration) {
+func waitState(t testing.TB, c *clustertest.Cluster, member, state string, timeout time.Duration) {
 	t.Helper()
 	clustertest.WaitFor(t, timeout, fmt.Sprintf("%s %s on every observer", member, state), func() (bool, string) {
 		for _, i := range c.Running() {
@@ -201,7 +201,7 @@ func TestGossipDropsMalformedVotePackets(t *testing.T) {
 	}
 }
 
-func findMetric(t *testing.T, o *cluster.Observer, name string, labels map[string]string) *dto.Metric {
+func findMetric(t testing.TB, o *cluster.Observer, name string, labels map[string]string) *dto.Metric {
 	t.Helper()
 	mfs, err := o.Registry().Gather()
 	if err != nil {
@@ -228,7 +228,7 @@ func findMetric(t *testing.T, o *cluster.Observer, name string, labels map[strin
 	return nil
 }
 
-func gaugeValue(t *testing.T, o *cluster.Observer, name string, labels map[string]string) float64 {
+func gaugeValue(t testing.TB, o *cluster.Observer, name string, labels map[string]string) float64 {
 	t.Helper()
 	m := findMetric(t, o, name, labels)
 	if m == nil {
@@ -237,7 +237,7 @@ func gaugeValue(t *testing.T, o *cluster.Observer, name string, labels map[strin
 	return m.GetGauge().GetValue()
 }
 
-func counterValue(t *testing.T, o *cluster.Observer, name string, labels map[string]string) float64 {
+func counterValue(t testing.TB, o *cluster.Observer, name string, labels map[string]string) float64 {
 	t.Helper()
 	m := findMetric(t, o, name, labels)
 	if m == nil {

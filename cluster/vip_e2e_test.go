@@ -46,7 +46,7 @@ var (
 	vigilBinPath string
 )
 
-func startVIPLab(t *testing.T) *vipLab {
+func startVIPLab(t testing.TB, syncRep bool) *vipLab {
 	t.Helper()
 	netlab.Require(t)
 	pglab.SkipUnlessAvailable(t)
@@ -65,7 +65,7 @@ func startVIPLab(t *testing.T) *vipLab {
 		hosts = append(hosts, pglab.Host{NetNS: v.lab.Hosts[h].NS, IP: v.lab.IP(h)})
 		v.host[fmt.Sprintf("pg%d", i)] = h
 	}
-	v.pg = pglab.StartForTest(t, pglab.Options{Standbys: 2, Hosts: hosts})
+	v.pg = pglab.StartForTest(t, pglab.Options{Standbys: 2, Hosts: hosts, Sync: syncRep})
 
 	// One node agent per database host, as a real process in its namespace.
 	dir := t.TempDir()
@@ -165,7 +165,7 @@ func (v *vipLab) holders() []string {
 
 // assertNeverTwo fails if any sample saw the VIP on two hosts, and returns
 // the last instant old held it and the first instant new did.
-func (v *vipLab) assertNeverTwo(t *testing.T, old, new string) (lastOld, firstNew time.Time) {
+func (v *vipLab) assertNeverTwo(t testing.TB, old, new string) (lastOld, firstNew time.Time) {
 	t.Helper()
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -186,7 +186,7 @@ func (v *vipLab) assertNeverTwo(t *testing.T, old, new string) (lastOld, firstNe
 }
 
 // clientWrite connects from the client host to the VIP and writes once.
-func (v *vipLab) clientWrite(t *testing.T) error {
+func (v *vipLab) clientWrite(t testing.TB) error {
 	t.Helper()
 	var conn *pgx.Conn
 	err := v.lab.InNS("client", func() error {
@@ -208,7 +208,7 @@ func (v *vipLab) clientWrite(t *testing.T) error {
 
 func TestVIPMovesOnKillPrimary(t *testing.T) {
 	t.Parallel()
-	v := startVIPLab(t)
+	v := startVIPLab(t, false)
 	if err := v.clientWrite(t); err != nil {
 		t.Fatalf("client cannot write through the VIP before the failover: %v", err)
 	}
@@ -236,7 +236,7 @@ func TestVIPMovesOnKillPrimary(t *testing.T) {
 
 func TestVIPIsolatedPrimarySelfFencesBeforePromotion(t *testing.T) {
 	t.Parallel()
-	v := startVIPLab(t)
+	v := startVIPLab(t, false)
 	// db0 is cut off from everyone; its postgres keeps running.
 	cut := time.Now()
 	v.lab.CutAll("db0")
@@ -278,55 +278,9 @@ func TestVIPIsolatedPrimarySelfFencesBeforePromotion(t *testing.T) {
 // primary receives connections.
 func TestHAProxyFollowsPrimary(t *testing.T) {
 	t.Parallel()
-	hp, err := osexec.LookPath("haproxy")
-	if err != nil {
-		if os.Getenv("VIGIL_REQUIRE_TOOLS") != "" {
-			t.Fatal("haproxy not installed")
-		}
-		t.Skip("haproxy not installed; set VIGIL_REQUIRE_TOOLS=1 to fail instead")
-	}
-	dir := t.TempDir()
-	sock := filepath.Join(dir, "admin.sock")
+	sock := filepath.Join(t.TempDir(), "admin.sock")
 	pg, c := failoverLab(t, labOptions{failover: fmt.Sprintf("      haproxy: {socket: %q, backend: pg-main}", sock)})
-	front := clustertest.FreePorts(t, 1)[0]
-	var servers strings.Builder
-	for _, n := range pg.Nodes {
-		// Health checks ask observer 1's role endpoint about this member.
-		fmt.Fprintf(&servers, "    server %s %s check addr 127.0.0.1 port %s\n", n.Name, n.Addr(), strings.Split(c.Nodes[0].Obs.HTTPAddr(), ":")[1])
-	}
-	cfg := fmt.Sprintf(`global
-    stats socket %s mode 600 level admin
-defaults
-    mode tcp
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-frontend pg
-    bind 127.0.0.1:%d
-    default_backend pg-main
-backend pg-main
-    option httpchk
-    http-check send meth GET uri-lf /primary/pg-main/%%[srv_name]
-    http-check expect status 200
-    default-server inter 200ms fall 1 rise 1 on-marked-down shutdown-sessions
-%s`, sock, front, servers.String())
-	cfgPath := filepath.Join(dir, "haproxy.cfg")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := osexec.Command(hp, "-db", "-f", cfgPath)
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("haproxy output:\n%s", tail(out.String(), 20))
-		}
-	})
+	front := startTestHAProxy(t, sock, pg, c)
 	served := func() (string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
@@ -368,4 +322,60 @@ backend pg-main
 	if !strings.Contains(f.GetSteps()[2].GetDetail(), "traffic routed") {
 		t.Fatalf("rerouted step: %q", f.GetSteps()[2].GetDetail())
 	}
+}
+
+// startTestHAProxy runs a real HAProxy in front of the lab's servers: its
+// health checks ask observer 1's /primary role endpoint, and vigil
+// re-points it through the Runtime API socket sock. It returns the port
+// clients connect to.
+func startTestHAProxy(t testing.TB, sock string, pg *pglab.Cluster, c *clustertest.Cluster) int {
+	t.Helper()
+	hp, err := osexec.LookPath("haproxy")
+	if err != nil {
+		if os.Getenv("VIGIL_REQUIRE_TOOLS") != "" {
+			t.Fatal("haproxy not installed")
+		}
+		t.Skip("haproxy not installed; set VIGIL_REQUIRE_TOOLS=1 to fail instead")
+	}
+	dir := t.TempDir()
+	front := clustertest.FreePorts(t, 1)[0]
+	var servers strings.Builder
+	for _, n := range pg.Nodes {
+		// Health checks ask observer 1's role endpoint about this member.
+		fmt.Fprintf(&servers, "    server %s %s check addr 127.0.0.1 port %s\n", n.Name, n.Addr(), strings.Split(c.Nodes[0].Obs.HTTPAddr(), ":")[1])
+	}
+	cfg := fmt.Sprintf(`global
+    stats socket %s mode 600 level admin
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+frontend pg
+    bind 127.0.0.1:%d
+    default_backend pg-main
+backend pg-main
+    option httpchk
+    http-check send meth GET uri-lf /primary/pg-main/%%[srv_name]
+    http-check expect status 200
+    default-server inter 200ms fall 1 rise 1 on-marked-down shutdown-sessions
+%s`, sock, front, servers.String())
+	cfgPath := filepath.Join(dir, "haproxy.cfg")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := osexec.Command(hp, "-db", "-f", cfgPath)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("haproxy output:\n%s", tail(out.String(), 20))
+		}
+	})
+	return front
 }
