@@ -36,18 +36,14 @@ func (w *ackWriter) run(ctx context.Context) {
 	}()
 	for id := int64(1); ctx.Err() == nil; id++ {
 		if conn == nil {
-			cctx, cancel := context.WithTimeout(ctx, time.Second)
+			// Like a client with a 300ms connect timeout: while the VIP is
+			// nowhere, connects hang until it (no RST comes back).
+			cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 			c, err := w.dial(cctx)
 			if err == nil {
-				var addr string
-				var port int
-				if err = c.QueryRow(cctx, "SELECT host(inet_server_addr()), inet_server_port()").Scan(&addr, &port); err == nil {
-					server = ""
-					for _, n := range w.pg.Nodes {
-						if n.IP == addr && n.Port == port {
-							server = n.Name
-						}
-					}
+				// cluster_name is the server's own name (pg0, pg1, …): the
+				// address that answered may be the VIP.
+				if err = c.QueryRow(cctx, "SELECT current_setting('cluster_name')").Scan(&server); err == nil {
 					conn = c
 				} else {
 					c.Close(context.Background())

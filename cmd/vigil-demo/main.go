@@ -593,7 +593,9 @@ func (w *writer) run(ctx context.Context) {
 
 // connect opens a connection and says which member answered.
 func (w *writer) connect(ctx context.Context) (*pgx.Conn, string, error) {
-	cctx, cancel := context.WithTimeout(ctx, time.Second)
+	// A 300ms connect timeout: while the VIP is on no host, a connect hangs
+	// (no RST comes back) until it gives up.
+	cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
 	if w.dial == nil {
 		r, err := w.client.group(cctx)
@@ -608,16 +610,15 @@ func (w *writer) connect(ctx context.Context) (*pgx.Conn, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	var addr string
-	var port int
-	if err := conn.QueryRow(cctx, "SELECT host(inet_server_addr()), inet_server_port()").Scan(&addr, &port); err != nil {
+	// cluster_name is the server's own name (pg0, pg1, …): through the VIP
+	// or HAProxy the address that answered does not tell.
+	var name string
+	if err := conn.QueryRow(cctx, "SELECT current_setting('cluster_name')").Scan(&name); err != nil {
 		conn.Close(context.Background())
 		return nil, "", err
 	}
-	for _, n := range w.pg.Nodes {
-		if n.IP == addr && n.Port == port {
-			return conn, n.Name, nil
-		}
+	if w.node(name) != nil {
+		return conn, name, nil
 	}
 	return conn, "unknown", nil
 }
