@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/vigilha/vigil/cluster"
 	"github.com/vigilha/vigil/cluster/clustertest"
 	"github.com/vigilha/vigil/deploy/lab/netlab"
 	"github.com/vigilha/vigil/deploy/lab/pglab"
@@ -46,7 +47,7 @@ var (
 	vigilBinPath string
 )
 
-func startVIPLab(t testing.TB, syncRep bool) *vipLab {
+func startVIPLab(t testing.TB, syncRep bool, customize ...func(i int, o *cluster.Options)) *vipLab {
 	t.Helper()
 	netlab.Require(t)
 	pglab.SkipUnlessAvailable(t)
@@ -118,7 +119,11 @@ groups:
 		fmt.Fprintf(&g, "\n      - {name: %s, address: %q, agent: \"%s:7501\"}", n.Name, n.Addr(), n.IP)
 	}
 	g.WriteString("\n")
-	v.c = clustertest.Start(t, clustertest.Options{ConfigOptions: clustertest.ConfigOptions{Groups: g.String()}})
+	opts := clustertest.Options{ConfigOptions: clustertest.ConfigOptions{Groups: g.String()}}
+	if len(customize) > 0 {
+		opts.Customize = customize[0]
+	}
+	v.c = clustertest.Start(t, opts)
 	v.c.WaitForLeader(waitLong)
 
 	// Sample, all along, which hosts hold the VIP.
@@ -378,4 +383,35 @@ backend pg-main
 		}
 	})
 	return front
+}
+
+// TestVIPOneBlindObserverMovesNothing: one observer loses its path to the
+// primary (it is given a dead address for it); the other two still see it.
+// Nothing moves: no ODOWN, no failover, the VIP stays where it is.
+func TestVIPOneBlindObserverMovesNothing(t *testing.T) {
+	t.Parallel()
+	dead := clustertest.FreePorts(t, 1)[0]
+	v := startVIPLab(t, false, func(i int, o *cluster.Options) {
+		if i == 2 {
+			o.Config.Groups[0].Members[0].Address = fmt.Sprintf("127.0.0.1:%d", dead)
+		}
+	})
+	clustertest.WaitFor(t, waitLong, "obs3 alone sees pg0 down", func() (bool, string) {
+		h := memberHealth(v.c, 2, "pg0")
+		return h.GetSdown() && h.GetDownVotes() == 1, h.GetSummary()
+	})
+	// Several down_after periods (2s) with the broken path: nothing moves.
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if g := group(v.c); g.GetEpoch() != 0 || g.GetActiveFailover() != nil {
+			t.Fatalf("a failover started with one blind observer: %v", g)
+		}
+		if h := v.holders(); !slices.Equal(h, []string{"db0"}) {
+			t.Fatalf("the VIP moved with one blind observer: %v", h)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := v.clientWrite(t); err != nil {
+		t.Fatalf("client cannot write through the VIP: %v", err)
+	}
 }

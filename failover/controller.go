@@ -119,6 +119,7 @@ type Controller struct {
 	backoff map[string]time.Time // groups not to retry before then
 	status  map[string]string    // why a group is not being failed over
 	ensured map[string]time.Time // last VIP check per group
+	judged  map[string]time.Time // last eligibility refresh per group
 	runCtx  context.Context      // the current leadership's context
 	wg      *sync.WaitGroup
 }
@@ -137,7 +138,7 @@ func NewController(opt Options) *Controller {
 	if opt.Metrics == nil {
 		opt.Metrics = NewMetrics(nil)
 	}
-	return &Controller{opt: opt, log: opt.Logger, running: map[string]bool{}, backoff: map[string]time.Time{}, status: map[string]string{}, ensured: map[string]time.Time{}}
+	return &Controller{opt: opt, log: opt.Logger, running: map[string]bool{}, backoff: map[string]time.Time{}, status: map[string]string{}, ensured: map[string]time.Time{}, judged: map[string]time.Time{}}
 }
 
 // Run examines every group each tick until ctx (the leadership) ends, and
@@ -207,6 +208,7 @@ func (c *Controller) consider(ctx context.Context, g *vigilv1.Group) {
 	if !odown {
 		c.setStatus(name, "")
 		c.ensureVIP(ctx, g)
+		c.refreshEligibility(g)
 		return
 	}
 	now := c.opt.Now()
@@ -282,6 +284,28 @@ func (c *Controller) ensureVIP(ctx context.Context, g *vigilv1.Group) {
 	a := Action{Group: name, Epoch: g.GetEpoch(), Kind: "ensure", New: member(g, g.GetPrimary())}
 	if err := acts.VIPEnsure.Route(ectx, a); err != nil {
 		c.log.Warn("could not place the VIP on the primary", "group", name, "primary", g.GetPrimary(), "err", err)
+	}
+}
+
+// refreshEligibility re-judges, at most once a second per group, who could
+// be promoted now, so vigil_candidate_eligible (and the "no eligible
+// candidate" alert) describe the present, not the last decision.
+func (c *Controller) refreshEligibility(g *vigilv1.Group) {
+	name := g.GetSpec().GetName()
+	now := c.opt.Now()
+	c.mu.Lock()
+	due := now.After(c.judged[name].Add(time.Second))
+	if due {
+		c.judged[name] = now
+	}
+	c.mu.Unlock()
+	if !due {
+		return
+	}
+	if cands, err := c.Candidates(name); err == nil {
+		for _, cd := range cands {
+			c.opt.Metrics.setEligible(name, cd.Name, cd.Eligible)
+		}
 	}
 }
 
