@@ -276,6 +276,16 @@ func (f fencer) Fence(ctx context.Context, act failover.Action) (failover.FenceR
 	if err != nil {
 		return failover.FenceResult{Detail: err.Error()}, err
 	}
+	// Is the agent there at all? An isolated host's packets are dropped,
+	// and a Fence call would wait out its long deadline (the fence command
+	// may take seconds) before the next fence method is tried.
+	pctx, pcancel := context.WithTimeout(ctx, min(a.callTimeout, time.Second))
+	_, err = c.Status(pctx, &vigilv1.AgentStatusRequest{})
+	pcancel()
+	if err != nil {
+		err = callError("Fence (reachability check)", act.Group, act.Old.Name, addr, act.Epoch, err)
+		return failover.FenceResult{Detail: err.Error()}, err
+	}
 	cctx, cancel := context.WithTimeout(ctx, a.fenceTimeout)
 	defer cancel()
 	resp, err := c.Fence(cctx, &vigilv1.AgentFenceRequest{Group: act.Group, Epoch: act.Epoch, Observer: a.self})
