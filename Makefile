@@ -9,7 +9,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GOBIN_DIR := $(shell $(GO) env GOPATH)/bin
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build test proto proto-tools lint bench demo demo-cluster clean
+.PHONY: all build test fuzz proto proto-tools lint bench demo demo-cluster clean
 
 all: lint build
 
@@ -39,6 +39,13 @@ proto: proto-tools
 lint:
 	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './.git/*')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(GOFLAGS_BUILD) ./...
+
+## fuzz: a short run of every fuzz target (FUZZTIME each); CI runs it.
+FUZZTIME ?= 10s
+fuzz:
+	$(GO) test $(GOFLAGS_BUILD) -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./cluster/config/
+	$(GO) test $(GOFLAGS_BUILD) -run '^$$' -fuzz '^FuzzApply$$' -fuzztime $(FUZZTIME) ./fsm/
+	$(GO) test $(GOFLAGS_BUILD) -run '^$$' -fuzz '^FuzzDecodeVotes$$' -fuzztime $(FUZZTIME) ./health/
 
 ## bench: leader re-election and Raft commit latency (figures go to docs/BENCHMARKS.md).
 bench:
