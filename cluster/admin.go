@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
@@ -50,7 +51,12 @@ func (o *Observer) startGRPC() error {
 		return fmt.Errorf("listen for grpc on %s: %w", o.cfg.GRPC.Listen, err)
 	}
 	o.grpcLn = ln
-	o.grpcServer = grpc.NewServer(grpc.MaxRecvMsgSize(maxRequestBytes), grpc.ConnectionTimeout(10*time.Second))
+	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(maxRequestBytes), grpc.ConnectionTimeout(10 * time.Second),
+		grpc.UnaryInterceptor(o.unaryAuth), grpc.StreamInterceptor(o.streamAuth)}
+	if o.tls != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(o.tls.ServerConfig(kindOperator, kindViewer, kindObserver))))
+	}
+	o.grpcServer = grpc.NewServer(opts...)
 	vigilv1.RegisterAdminServer(o.grpcServer, &adminServer{o: o})
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
@@ -306,19 +312,6 @@ func (o *Observer) setPaused(ctx context.Context, group string, paused bool, rea
 	}
 	g, _ := o.fsm.Group(group)
 	return g, res.Index, nil
-}
-
-// actorFrom names who asked; until client certificates exist (mutual TLS)
-// that is the peer address.
-func actorFrom(ctx context.Context) string {
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get(forwardedKey); len(v) > 0 {
-			if a := md.Get("vigil-actor"); len(a) > 0 {
-				return a[0]
-			}
-		}
-	}
-	return "admin-api"
 }
 
 // forward sends a write to the leader's admin API. A request that was

@@ -21,8 +21,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/vigilha/vigil/cluster/config"
+	"github.com/vigilha/vigil/cluster/tlsconf"
 	"github.com/vigilha/vigil/failover"
 	"github.com/vigilha/vigil/failover/hook"
 	"github.com/vigilha/vigil/failover/viprouter"
@@ -64,6 +66,7 @@ type Observer struct {
 	transport *raft.NetworkTransport
 	gossip    *Gossip
 	monitor   *health.Monitor
+	tls       *tlsconf.Store
 	control   *failover.Controller
 	notifiers []*hook.Notify
 	agents    *viprouter.Agents
@@ -127,6 +130,12 @@ func New(opts Options) (o *Observer, err error) {
 		}
 	}()
 
+	if cfg.TLS.Enabled() {
+		o.tls, err = tlsconf.Load(tlsconf.Files{CA: cfg.TLS.CA, Cert: cfg.TLS.Cert, Key: cfg.TLS.Key})
+		if err != nil {
+			return nil, fmt.Errorf("start observer: tls: %w", err)
+		}
+	}
 	if err := o.startRaft(opts.WrapStreamLayer); err != nil {
 		if o.store != nil {
 			_ = o.store.Close()
@@ -181,7 +190,11 @@ func New(opts Options) (o *Observer, err error) {
 	})
 	o.leaderWork = append(o.leaderWork, o.control.Run)
 
-	o.peers = newPeerClients()
+	var peerCreds credentials.TransportCredentials
+	if o.tls != nil {
+		peerCreds = credentials.NewTLS(o.tls.ClientConfig("", kindObserver))
+	}
+	o.peers = newPeerClients(peerCreds)
 	closers = append(closers, o.peers.close)
 	if err := o.startGRPC(); err != nil {
 		return nil, err
@@ -195,6 +208,10 @@ func New(opts Options) (o *Observer, err error) {
 	o.bgCancel = cancel
 	o.wg.Add(5)
 	go func() { defer o.wg.Done(); o.leaseLoop(bg) }()
+	if o.tls != nil {
+		o.wg.Add(1)
+		go func() { defer o.wg.Done(); o.tls.WatchSIGHUP(bg, logger.With("component", "tls")) }()
+	}
 	go o.monitorLeadership()
 	go o.observeLeaders()
 	go func() { defer o.wg.Done(); o.planLoop(bg) }()
@@ -233,6 +250,9 @@ func (o *Observer) startRaft(wrap func(raft.StreamLayer) raft.StreamLayer) error
 		return fmt.Errorf("start raft transport: %w", err)
 	}
 	var stream raft.StreamLayer = layer
+	if o.tls != nil {
+		stream = &tlsStreamLayer{StreamLayer: layer, server: o.tls.ServerConfig(kindObserver), client: o.tls.ClientConfig("", kindObserver)}
+	}
 	if wrap != nil {
 		stream = wrap(layer)
 	}

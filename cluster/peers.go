@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	vigilv1 "github.com/vigilha/vigil/proto/vigil/v1"
@@ -13,12 +14,20 @@ import (
 // peerClients keeps one lazily-connecting gRPC client per other observer,
 // for forwarding writes to the leader and asking peers for their status.
 type peerClients struct {
+	creds  credentials.TransportCredentials
 	mu     sync.Mutex
 	conns  map[string]*grpc.ClientConn
 	closed bool
 }
 
-func newPeerClients() *peerClients { return &peerClients{conns: map[string]*grpc.ClientConn{}} }
+// newPeerClients uses creds (mutual TLS as an observer) or, when nil,
+// plaintext.
+func newPeerClients(creds credentials.TransportCredentials) *peerClients {
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
+	return &peerClients{creds: creds, conns: map[string]*grpc.ClientConn{}}
+}
 
 func (p *peerClients) client(addr string) (vigilv1.AdminClient, error) {
 	p.mu.Lock()
@@ -30,7 +39,7 @@ func (p *peerClients) client(addr string) (vigilv1.AdminClient, error) {
 	if !ok {
 		var err error
 		// grpc.NewClient does not dial yet; calls carry their own deadlines.
-		cc, err = grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cc, err = grpc.NewClient(addr, grpc.WithTransportCredentials(p.creds))
 		if err != nil {
 			return nil, fmt.Errorf("client for observer at %s: %w", addr, err)
 		}

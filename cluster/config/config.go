@@ -37,6 +37,8 @@ type Config struct {
 	HTTP HTTP `yaml:"http"`
 	// Observers is the static observer set, identical on all observers.
 	Observers []Observer `yaml:"observers"`
+	// TLS enables mutual TLS on the admin API, Raft and agent calls.
+	TLS TLS `yaml:"tls,omitempty"`
 	// Groups are the replicated services to monitor.
 	Groups []Group `yaml:"groups,omitempty"`
 }
@@ -469,6 +471,7 @@ func (c *Config) resolvePaths(dir string) {
 		return filepath.Join(dir, p)
 	}
 	c.Gossip.KeyFile = abs(c.Gossip.KeyFile)
+	c.TLS.resolvePaths(abs)
 	for i := range c.Groups {
 		if pg := c.Groups[i].Probe.Postgres; pg != nil {
 			pg.PasswordFile = abs(pg.PasswordFile)

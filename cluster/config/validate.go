@@ -169,6 +169,7 @@ func (c *Config) Validate() error {
 	v.hostPort("http.listen", c.HTTP.Listen, false)
 	c.validateListeners(&v)
 	c.validateObservers(&v)
+	c.TLS.validate(&v)
 	groups := map[string]int{}
 	for i := range c.Groups {
 		g := &c.Groups[i]

@@ -62,7 +62,7 @@ inspect the cluster with vigilctl.`,
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newObserverCmd(stderr), newNodeCmd(stderr), newConfigCmd(stdout), newKeygenCmd(stdout), newVersionCmd(stdout))
+	root.AddCommand(newObserverCmd(stderr), newNodeCmd(stderr), newConfigCmd(stdout), newKeygenCmd(stdout), newCertsCmd(stdout), newVersionCmd(stdout))
 	return root
 }
 

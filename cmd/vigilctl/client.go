@@ -12,9 +12,11 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/vigilha/vigil/cluster/tlsconf"
 	vigilv1 "github.com/vigilha/vigil/proto/vigil/v1"
 )
 
@@ -22,15 +24,45 @@ import (
 type client struct {
 	addrs   []string
 	timeout time.Duration
+	// creds is mutual TLS (--ca, --cert, --key) or plaintext.
+	creds credentials.TransportCredentials
 }
 
-// newClient parses the global --addr and --timeout flags.
+// newClient parses the global --addr, --timeout and TLS flags.
 func (a *app) newClient() (*client, error) {
 	addrs, err := parseAddrs(a.addrs)
 	if err != nil {
 		return nil, err
 	}
-	return &client{addrs: addrs, timeout: a.timeout}, nil
+	creds, err := a.transportCreds()
+	if err != nil {
+		return nil, err
+	}
+	return &client{addrs: addrs, timeout: a.timeout, creds: creds}, nil
+}
+
+// transportCreds builds mutual TLS from --ca/--cert/--key (or VIGIL_CA,
+// VIGIL_CERT, VIGIL_KEY): the observer must present an observer
+// certificate of the same CA; without them the connection is plaintext.
+func (a *app) transportCreds() (credentials.TransportCredentials, error) {
+	get := func(flag, env string) string {
+		if flag != "" {
+			return flag
+		}
+		return a.getenv(env)
+	}
+	ca, cert, key := get(a.ca, "VIGIL_CA"), get(a.cert, "VIGIL_CERT"), get(a.key, "VIGIL_KEY")
+	if ca == "" && cert == "" && key == "" {
+		return insecure.NewCredentials(), nil
+	}
+	if ca == "" || cert == "" || key == "" {
+		return nil, usageErrorf("--ca, --cert and --key go together (got ca %q, cert %q, key %q)", ca, cert, key)
+	}
+	store, err := tlsconf.Load(tlsconf.Files{CA: ca, Cert: cert, Key: key})
+	if err != nil {
+		return nil, fmt.Errorf("load TLS material: %w", err)
+	}
+	return credentials.NewTLS(store.ClientConfig("", "observer")), nil
 }
 
 // parseAddrs splits a comma-separated list of host:port addresses.
@@ -54,10 +86,12 @@ func parseAddrs(s string) ([]string, error) {
 }
 
 // dialOptions are the options of every connection to an observer.
-func dialOptions() []grpc.DialOption {
-	// TODO(tls): mutual TLS once observers serve it.
+func dialOptions(creds credentials.TransportCredentials) []grpc.DialOption {
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
 	return []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithUserAgent("vigilctl/" + version),
 	}
 }
@@ -97,7 +131,7 @@ func invoke[T any](ctx context.Context, c *client, fn func(context.Context, vigi
 	var zero T
 	var failed []attempt
 	for _, addr := range c.addrs {
-		resp, err := try(ctx, addr, c.timeout, fn)
+		resp, err := try(ctx, addr, c.timeout, c.creds, fn)
 		if err == nil {
 			return resp, nil
 		}
@@ -113,9 +147,9 @@ func invoke[T any](ctx context.Context, c *client, fn func(context.Context, vigi
 }
 
 // try makes one call against addr with its own connection and deadline.
-func try[T any](ctx context.Context, addr string, timeout time.Duration, fn func(context.Context, vigilv1.AdminClient) (T, error)) (T, error) {
+func try[T any](ctx context.Context, addr string, timeout time.Duration, creds credentials.TransportCredentials, fn func(context.Context, vigilv1.AdminClient) (T, error)) (T, error) {
 	var zero T
-	conn, err := grpc.NewClient(addr, dialOptions()...)
+	conn, err := grpc.NewClient(addr, dialOptions(creds)...)
 	if err != nil {
 		return zero, err
 	}
@@ -184,7 +218,7 @@ func invokeOnce[T any](ctx context.Context, c *client, wait time.Duration, fn fu
 	var zero T
 	var failed []attempt
 	for _, addr := range c.addrs {
-		conn, err := connectReady(ctx, addr, c.timeout)
+		conn, err := connectReady(ctx, addr, c.timeout, c.creds)
 		if err != nil {
 			if ctx.Err() != nil {
 				return zero, fmt.Errorf("interrupted: %w", ctx.Err())
@@ -257,9 +291,9 @@ func (e *sentError) refused() bool {
 // connection is ready. It fails when the connection cannot be made (with
 // the dial error, e.g. connection refused) or is not ready in time; the
 // returned connection is ready, so a call made on it is sent.
-func connectReady(ctx context.Context, addr string, timeout time.Duration) (*grpc.ClientConn, error) {
+func connectReady(ctx context.Context, addr string, timeout time.Duration, creds credentials.TransportCredentials) (*grpc.ClientConn, error) {
 	d := &dialRecorder{}
-	conn, err := grpc.NewClient(addr, append(dialOptions(), grpc.WithContextDialer(d.dial))...)
+	conn, err := grpc.NewClient(addr, append(dialOptions(creds), grpc.WithContextDialer(d.dial))...)
 	if err != nil {
 		return nil, err
 	}

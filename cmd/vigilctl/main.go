@@ -54,6 +54,8 @@ type app struct {
 	addrs   string
 	timeout time.Duration
 	output  string
+	// Mutual TLS material (files); empty means plaintext.
+	ca, cert, key string
 }
 
 // opError is the failure of the operation a command performs (exit 1), as
@@ -177,6 +179,9 @@ every address that was tried), 2 on a usage error.`,
 		"comma-separated gRPC addresses (host:port) of observers, tried in order (env "+addrEnv+")")
 	pf.DurationVar(&a.timeout, "timeout", defaultTimeout, "deadline of each attempt against one observer (switchover, failover: of connecting; see their --wait)")
 	pf.StringVarP(&a.output, "output", "o", outputTable, "output format: table or json")
+	pf.StringVar(&a.ca, "ca", "", "CA certificate (PEM) for mutual TLS with the observers (env VIGIL_CA)")
+	pf.StringVar(&a.cert, "cert", "", "client certificate (PEM), an operator or viewer certificate from 'vigil certs' (env VIGIL_CERT)")
+	pf.StringVar(&a.key, "key", "", "client key (PEM) (env VIGIL_KEY)")
 
 	root.AddCommand(
 		a.newStatusCmd(),

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -274,7 +275,7 @@ type recvResult struct {
 // (or, in once mode, the snapshot was complete), the stream's error
 // otherwise, or ctx's error once ctx is done.
 func (w *watcher) watchOnce(ctx context.Context, addr string, handle func(*vigilv1.WatchEvent) error) (got int, err error) {
-	conn, err := connect(ctx, addr, w.c.timeout)
+	conn, err := connect(ctx, addr, w.c.timeout, w.c.creds)
 	if err != nil {
 		return 0, err
 	}
@@ -343,8 +344,8 @@ func (w *watcher) watchOnce(ctx context.Context, addr string, handle func(*vigil
 // connect opens a connection to addr and waits at most timeout until it
 // is ready or has failed; a failed connection is returned too, so that the
 // call made on it reports why.
-func connect(ctx context.Context, addr string, timeout time.Duration) (*grpc.ClientConn, error) {
-	conn, err := grpc.NewClient(addr, dialOptions()...)
+func connect(ctx context.Context, addr string, timeout time.Duration, creds credentials.TransportCredentials) (*grpc.ClientConn, error) {
+	conn, err := grpc.NewClient(addr, dialOptions(creds)...)
 	if err != nil {
 		return nil, err
 	}
