@@ -277,3 +277,53 @@ func TestConfigCheckAndBadConfigs(t *testing.T) {
 		t.Fatalf("bad flag: code %d, want 2", code)
 	}
 }
+
+func TestCertsAndVigilctlOverTLS(t *testing.T) {
+	t.Parallel()
+	vigil, ctl := binaries(t)
+
+	// vigil certs writes a complete PKI and refuses to overwrite it.
+	pki := filepath.Join(t.TempDir(), "pki")
+	args := []string{"certs", "--dir", pki, "--observer", "obs1=10.0.0.1", "--agent", "db1=10.0.0.11", "--operator", "alice", "--viewer", "bob"}
+	if out, err := runCmd(vigil, args...); err != nil {
+		t.Fatalf("vigil certs: %v\n%s", err, out)
+	}
+	for _, f := range []string{"ca.pem", "ca-key.pem", "obs1.pem", "obs1-key.pem", "db1.pem", "alice.pem", "bob-key.pem"} {
+		if _, err := os.Stat(filepath.Join(pki, f)); err != nil {
+			t.Fatalf("vigil certs did not write %s: %v", f, err)
+		}
+	}
+	if out, err := runCmd(vigil, args...); err == nil || !strings.Contains(string(out), "exist") {
+		t.Fatalf("second vigil certs into the same directory: err %v, %s", err, out)
+	}
+
+	// Three observers over mutual TLS, driven by the real vigilctl.
+	dir := t.TempDir()
+	pc := clustertest.StartProcs(t, vigil, dir, clustertest.ConfigOptions{TLS: true})
+	defer func() {
+		if t.Failed() {
+			for i := range pc.Set.IDs {
+				t.Logf("--- log of %s ---\n%s", pc.Set.IDs[i], pc.Log(i))
+			}
+		}
+	}()
+	tlsArgs := func(name string) []string {
+		d := pc.Set.PKIDir
+		return []string{"--addr", pc.GRPCAddr(1), "--ca", filepath.Join(d, "ca.pem"), "--cert", filepath.Join(d, name+".pem"), "--key", filepath.Join(d, name+"-key.pem")}
+	}
+	clustertest.WaitFor(t, 30*time.Second, "pg-main served over TLS", func() (bool, string) {
+		out, err := runCmd(ctl, append(tlsArgs("bob"), "groups")...)
+		return err == nil && strings.Contains(string(out), "pg-main"), string(out)
+	})
+	if out, err := runCmd(ctl, append(tlsArgs("bob"), "pause", "pg-main")...); err == nil || !strings.Contains(string(out), "operator role") {
+		t.Fatalf("viewer pause: err %v, %s", err, out)
+	}
+	if out, err := runCmd(ctl, "--addr", pc.GRPCAddr(1), "--timeout", "2s", "groups"); err == nil {
+		t.Fatalf("plaintext vigilctl was served by a TLS observer: %s", out)
+	}
+	mustRun(t, ctl, append(tlsArgs("alice"), "pause", "pg-main", "--reason", "over tls")...)
+	out := string(mustRun(t, ctl, append(tlsArgs("alice"), "group", "pg-main")...))
+	if !strings.Contains(out, "operator/alice") || !strings.Contains(out, "over tls") {
+		t.Fatalf("group view does not show alice's pause:\n%s", out)
+	}
+}
