@@ -8,10 +8,12 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/vigilha/vigil/cluster/config"
+	"github.com/vigilha/vigil/cluster/tlsconf"
 	"github.com/vigilha/vigil/failover/nodeagent"
 )
 
@@ -37,6 +39,8 @@ func loadExampleSet(t *testing.T, dir string, edit func([]byte) []byte) map[stri
 	if err := os.WriteFile(filepath.Join(tmp, "gossip.key"), []byte(key+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// As written by "vigil certs --dir pki --observer obs1=… …".
+	writeExamplePKI(t, filepath.Join(tmp, "pki"))
 	out := map[string]*config.Config{}
 	for _, f := range files {
 		data, err := os.ReadFile(f)
@@ -255,5 +259,29 @@ func checkNodeAgentConfigs(t *testing.T, dir string, obs *config.Config) {
 	}
 	if len(vips) != 1 {
 		t.Errorf("%s: the agents disagree on the VIP: %v", dir, sortedKeys(vips))
+	}
+}
+
+// writeExamplePKI issues a CA and the three observers' certificates, for
+// example configs that enable TLS.
+func writeExamplePKI(t *testing.T, dir string) {
+	t.Helper()
+	caCert, caKey, err := tlsconf.NewCA("example CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string][]byte{"ca.pem": caCert}
+	for _, id := range []string{"obs1", "obs2", "obs3"} {
+		c, k, err := tlsconf.Issue(caCert, caKey, tlsconf.Identity{Name: id, Kind: "observer"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		files[id+".pem"], files[id+"-key.pem"] = c, k
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := tlsconf.WriteFiles(dir, files); err != nil {
+		t.Fatal(err)
 	}
 }
