@@ -67,6 +67,7 @@ type Observer struct {
 	gossip    *Gossip
 	monitor   *health.Monitor
 	tls       *tlsconf.Store
+	limiter   *rateLimiter
 	control   *failover.Controller
 	notifiers []*hook.Notify
 	agents    *viprouter.Agents
@@ -118,7 +119,10 @@ func New(opts Options) (o *Observer, err error) {
 		fsm:        fsm.New(),
 		leaderWork: opts.LeaderWork,
 		notifyCh:   make(chan bool, 16),
-		stopCh:     make(chan struct{}),
+		// Operators pause, resume and switch over by hand: 5 per second
+		// with a burst of 20 is far above that and far below a flood.
+		limiter: newRateLimiter(5, 20, now),
+		stopCh:  make(chan struct{}),
 	}
 	// Undo what was started when a later step fails: nothing half-applied.
 	var closers []func()

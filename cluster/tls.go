@@ -115,6 +115,10 @@ func (o *Observer) authorize(ctx context.Context, method string) (context.Contex
 // every state-changing one.
 func (o *Observer) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	ctx, err := o.authorize(ctx, info.FullMethod)
+	if err == nil && mutating[info.FullMethod] && !o.limiter.allow(actorFrom(ctx)) {
+		err = status.Errorf(codes.ResourceExhausted, "%s: too many state-changing requests; at most %.0f per second (burst %.0f)",
+			actorFrom(ctx), o.limiter.rate, o.limiter.burst)
+	}
 	if err == nil {
 		var resp any
 		resp, err = handler(ctx, req)
