@@ -84,8 +84,17 @@ func identityURI(kind, name string) *url.URL {
 // more than one, or it is malformed (unknown kind, invalid name, extra URI
 // parts). It does NOT verify the certificate: use it on verified peers only.
 func PeerIdentity(cert *x509.Certificate) (kind, name string, err error) {
+	kind, name, err = peerIdentity(cert)
+	if err != nil {
+		return "", "", fmt.Errorf("tlsconf: %w", err)
+	}
+	return kind, name, nil
+}
+
+// peerIdentity is PeerIdentity with errors not prefixed by the package name.
+func peerIdentity(cert *x509.Certificate) (kind, name string, err error) {
 	if cert == nil {
-		return "", "", errors.New("tlsconf: no certificate")
+		return "", "", errors.New("no certificate")
 	}
 	var found *url.URL
 	for _, u := range cert.URIs {
@@ -93,16 +102,16 @@ func PeerIdentity(cert *x509.Certificate) (kind, name string, err error) {
 			continue
 		}
 		if found != nil {
-			return "", "", fmt.Errorf("tlsconf: certificate %s has more than one %s:// URI SAN", describeCert(cert), URIScheme)
+			return "", "", fmt.Errorf("certificate %s has more than one %s:// URI SAN", describeCert(cert), URIScheme)
 		}
 		found = u
 	}
 	if found == nil {
-		return "", "", fmt.Errorf("tlsconf: certificate %s has no %s://<kind>/<name> URI SAN (not a vigil certificate?)", describeCert(cert), URIScheme)
+		return "", "", fmt.Errorf("certificate %s has no %s://<kind>/<name> URI SAN (not a vigil certificate?)", describeCert(cert), URIScheme)
 	}
 	u := found
 	bad := func(why string) (string, string, error) {
-		return "", "", fmt.Errorf("tlsconf: certificate %s: malformed identity URI %q: %s", describeCert(cert), u.String(), why)
+		return "", "", fmt.Errorf("certificate %s: malformed identity URI %q: %s", describeCert(cert), u.String(), why)
 	}
 	if u.Opaque != "" || u.User != nil || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.Port() != "" {
 		return bad("want exactly " + URIScheme + "://<kind>/<name>")

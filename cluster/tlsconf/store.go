@@ -213,7 +213,7 @@ func checkKinds(kinds []string) []string {
 // checkPeerKind extracts the identity of a (verified) peer certificate and
 // checks its kind.
 func checkPeerKind(role string, cert *x509.Certificate, kinds []string) (kind, name string, err error) {
-	kind, name, err = PeerIdentity(cert)
+	kind, name, err = peerIdentity(cert)
 	if err != nil {
 		return "", "", fmt.Errorf("tlsconf: %s rejected: %w", role, err)
 	}
@@ -334,7 +334,7 @@ func (s *Store) load() (*material, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("tlsconf: certificate in %s %s does not verify against the CA in %s: %w", f.Cert, describeCert(leaf), f.CA, err)
 	}
-	kind, name, err := PeerIdentity(leaf)
+	kind, name, err := peerIdentity(leaf)
 	if err != nil {
 		return nil, fmt.Errorf("tlsconf: certificate file %s: %w", f.Cert, err)
 	}
