@@ -8,7 +8,11 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
 	"github.com/vigilha/vigil/cluster/config"
+	"github.com/vigilha/vigil/cluster/tlsconf"
 	"github.com/vigilha/vigil/failover"
 	"github.com/vigilha/vigil/failover/haproxy"
 	"github.com/vigilha/vigil/failover/hook"
@@ -26,7 +30,7 @@ type actuatorSet struct {
 
 // buildActuators turns each group's failover config into its actuators.
 // They are built once at start.
-func buildActuators(cfg *config.Config, log *slog.Logger) actuatorSet {
+func buildActuators(cfg *config.Config, log *slog.Logger, store *tlsconf.Store) actuatorSet {
 	runner := hook.New(log.With("component", "hook"))
 	out := map[string]failover.GroupActuators{}
 	var notifiers []*hook.Notify
@@ -41,7 +45,7 @@ func buildActuators(cfg *config.Config, log *slog.Logger) actuatorSet {
 			}
 		}
 		return "", false
-	}, 2*time.Second, viprouter.WithLogger(log.With("component", "viprouter")))
+	}, 2*time.Second, agentOptions(log, store)...)
 	for _, g := range cfg.Groups {
 		f := g.Failover
 		acts := failover.GroupActuators{
@@ -98,6 +102,17 @@ func buildActuators(cfg *config.Config, log *slog.Logger) actuatorSet {
 		out[g.Name] = acts
 	}
 	return actuatorSet{groups: out, notifiers: notifiers, agents: agents}
+}
+
+// agentOptions: mutual TLS to the node agents (they accept observer
+// certificates only, and we accept only agent certificates) when the
+// observer has TLS.
+func agentOptions(log *slog.Logger, store *tlsconf.Store) []viprouter.Option {
+	opts := []viprouter.Option{viprouter.WithLogger(log.With("component", "viprouter"))}
+	if store != nil {
+		opts = append(opts, viprouter.WithDialOptions(grpc.WithTransportCredentials(credentials.NewTLS(store.ClientConfig("", kindAgent)))))
+	}
+	return opts
 }
 
 // leaseExpiry confirms a fence by waiting out the node agents' lease:

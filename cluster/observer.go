@@ -182,7 +182,7 @@ func New(opts Options) (o *Observer, err error) {
 	o.gossip.SetHandler(o.monitor.Receive)
 	o.gossip.SetLeaveHandler(o.monitor.Forget)
 
-	set := buildActuators(cfg, logger)
+	set := buildActuators(cfg, logger, o.tls)
 	acts := set.groups
 	o.notifiers, o.agents = set.notifiers, set.agents
 	closers = append(closers, o.agents.Close)
