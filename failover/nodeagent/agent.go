@@ -14,9 +14,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/vigilha/vigil/cluster/tlsconf"
 	"github.com/vigilha/vigil/failover"
 	"github.com/vigilha/vigil/failover/hook"
 	vigilv1 "github.com/vigilha/vigil/proto/vigil/v1"
@@ -53,6 +56,10 @@ type Agent struct {
 	observers    map[string]bool
 	groups       map[string]*group
 	order        []*group
+	// tls is the mutual-TLS material (cfg.TLS), nil without TLS. When
+	// set, the gRPC server requires observer certificates and the
+	// handlers check the caller's identity (authorize).
+	tls *tlsconf.Store
 
 	ctx    context.Context // cancelled by Close; bounds fence commands
 	cancel context.CancelFunc
@@ -134,6 +141,20 @@ func New(cfg *Config, logger *slog.Logger, reg prometheus.Registerer, opts ...Op
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	var tlsStore *tlsconf.Store
+	if c.TLS.Enabled() {
+		st, err := tlsconf.Load(tlsconf.Files{CA: c.TLS.CA, Cert: c.TLS.Cert, Key: c.TLS.Key})
+		if err != nil {
+			return nil, fmt.Errorf("nodeagent: tls: %w", err)
+		}
+		// The observers accept only agent certificates from an agent
+		// (and an observer certificate here would let this host act as
+		// an observer towards the others): refuse to start with another.
+		if kind, name := st.Identity(); kind != tlsconf.KindAgent {
+			return nil, fmt.Errorf("nodeagent: tls: the certificate in %s is for %s/%s; the node agent needs an %q certificate", c.TLS.Cert, kind, name, tlsconf.KindAgent)
+		}
+		tlsStore = st
+	}
 	store, err := openEpochStore(c.DataDir)
 	if err != nil {
 		return nil, fmt.Errorf("nodeagent: %w", err)
@@ -151,6 +172,7 @@ func New(cfg *Config, logger *slog.Logger, reg prometheus.Registerer, opts ...Op
 		leaseTimeout: c.LeaseTimeout.D(),
 		observers:    map[string]bool{},
 		groups:       map[string]*group{},
+		tls:          tlsStore,
 		ctx:          ctx,
 		cancel:       cancel,
 	}
@@ -209,18 +231,30 @@ func (a *Agent) Register(s grpc.ServiceRegistrar) {
 }
 
 // NewGRPCServer returns a gRPC server with the agent and server reflection
-// (for grpcurl) registered. Transport security comes later; for now the
-// agent is meant to listen on a network only the observers reach.
+// (for grpcurl) registered. With the tls section configured it serves
+// mutual TLS and accepts only observer certificates signed by the CA (the
+// handshake fails for any other client); without it, it serves plaintext
+// and is meant to listen on a network only the observers reach.
+//
+// A server of the caller's (Register) must use the same credentials: with
+// TLS configured, the handlers refuse calls that did not come over a TLS
+// connection with an observer certificate.
 func (a *Agent) NewGRPCServer() *grpc.Server {
-	s := grpc.NewServer(grpc.MaxRecvMsgSize(64<<10), grpc.ConnectionTimeout(10*time.Second))
+	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(64 << 10), grpc.ConnectionTimeout(10 * time.Second)}
+	if a.tls != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(a.tls.ServerConfig(tlsconf.KindObserver))))
+	}
+	s := grpc.NewServer(opts...)
 	a.Register(s)
 	reflection.Register(s)
 	return s
 }
 
 // Start starts the per-group lease enforcement (one goroutine per group,
-// waking every lease_timeout/4 and at the exact moment support expires).
-// Idempotent; Close stops it.
+// waking every lease_timeout/4 and at the exact moment support expires)
+// and, with TLS, the reload of the certificate files on SIGHUP (while it
+// runs, SIGHUP no longer terminates the process). Idempotent; Close stops
+// them.
 func (a *Agent) Start() {
 	a.bgMu.Lock()
 	start := !a.started && !a.closed
@@ -232,8 +266,11 @@ func (a *Agent) Start() {
 	for _, g := range a.order {
 		a.goBackground(func() { a.loop(g) })
 	}
+	if a.tls != nil {
+		a.goBackground(func() { a.tls.WatchSIGHUP(a.ctx, a.log.With("component", "tls")) })
+	}
 	a.log.Info("node agent started", "node", a.cfg.Node, "groups", len(a.order), "observers", a.cfg.Observers,
-		"quorum", a.quorum, "lease_timeout", a.leaseTimeout)
+		"quorum", a.quorum, "lease_timeout", a.leaseTimeout, "tls", a.tls != nil)
 }
 
 // Close stops the enforcement loops and GARP bursts, kills a fence command
@@ -310,11 +347,53 @@ func (a *Agent) count(rpc string, err error) {
 			result = resultInvalid
 		case codes.NotFound:
 			result = resultNotFound
+		case codes.PermissionDenied, codes.Unauthenticated:
+			result = resultDenied
 		default:
 			result = resultError
 		}
 	}
 	a.m.requests.WithLabelValues(rpc, result).Inc()
+}
+
+// authorize checks, when TLS is on, that the caller presented an observer
+// certificate and, for a request made in an observer's name (observer is
+// its observer field, checked when matchName), that the certificate is
+// that observer's: an observer cannot send a lease, or move the VIP, in
+// another observer's name. The handshake already admits only observer
+// certificates of the CA; checking the kind again here also covers a
+// server of the caller's (Register) with other credentials. Without TLS
+// every caller is trusted. Called before anything else, so a refused
+// caller learns nothing about the groups and changes nothing.
+func (a *Agent) authorize(ctx context.Context, rpc, observer string, matchName bool) error {
+	if a.tls == nil {
+		return nil
+	}
+	deny := func(code codes.Code, identity, format string, args ...any) error {
+		err := status.Errorf(code, format, args...)
+		a.log.Warn("refused request", "rpc", rpc, "identity", identity, "observer", observer, "err", status.Convert(err).Message())
+		return err
+	}
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return deny(codes.Unauthenticated, "", "no peer information: TLS is configured and the caller must present an observer certificate")
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return deny(codes.Unauthenticated, "", "not a TLS connection: TLS is configured and the caller must present an observer certificate")
+	}
+	kind, name, err := tlsconf.IdentityOfConn(info.State)
+	if err != nil {
+		return deny(codes.Unauthenticated, "", "client certificate: %v", err)
+	}
+	id := kind + "/" + name
+	if kind != tlsconf.KindObserver {
+		return deny(codes.PermissionDenied, id, "%s may not call %s: only observers may call the node agent", id, rpc)
+	}
+	if matchName && observer != name {
+		return deny(codes.PermissionDenied, id, "%s may not send %s in the name of observer %q: the request's observer must be the certificate's name", id, rpc, observer)
+	}
+	return nil
 }
 
 // lookup validates the fields every epoch-carrying request has. Epoch 0
@@ -376,8 +455,11 @@ func (g *group) setHoldingLocked(a *Agent, v bool) {
 // the host a lease "as if from a quorum" for lease_timeout: the leader
 // calls it only after committing the failover's epoch through Raft, so it
 // speaks for a quorum; the observers' leases must then keep coming.
-func (a *Agent) AddVIP(_ context.Context, req *vigilv1.VIPRequest) (resp *vigilv1.VIPResponse, err error) {
+func (a *Agent) AddVIP(ctx context.Context, req *vigilv1.VIPRequest) (resp *vigilv1.VIPResponse, err error) {
 	defer func() { a.count("AddVIP", err) }()
+	if err := a.authorize(ctx, "AddVIP", req.GetObserver(), true); err != nil {
+		return nil, err
+	}
 	g, err := a.lookup(req.GetGroup(), req.GetEpoch())
 	if err != nil {
 		return nil, err
@@ -451,8 +533,11 @@ func (a *Agent) garpBurst(g *group, gen uint64) {
 }
 
 // RemoveVIP removes the group's VIP and cancels any AddVIP grant.
-func (a *Agent) RemoveVIP(_ context.Context, req *vigilv1.VIPRequest) (resp *vigilv1.VIPResponse, err error) {
+func (a *Agent) RemoveVIP(ctx context.Context, req *vigilv1.VIPRequest) (resp *vigilv1.VIPResponse, err error) {
 	defer func() { a.count("RemoveVIP", err) }()
+	if err := a.authorize(ctx, "RemoveVIP", req.GetObserver(), true); err != nil {
+		return nil, err
+	}
 	g, err := a.lookup(req.GetGroup(), req.GetEpoch())
 	if err != nil {
 		return nil, err
@@ -481,8 +566,11 @@ func (a *Agent) RemoveVIP(_ context.Context, req *vigilv1.VIPRequest) (resp *vig
 
 // Fence removes the VIP and runs the fence command. Confirmed means the
 // VIP is gone and the command (if any) exited 0.
-func (a *Agent) Fence(_ context.Context, req *vigilv1.AgentFenceRequest) (resp *vigilv1.AgentFenceResponse, err error) {
+func (a *Agent) Fence(ctx context.Context, req *vigilv1.AgentFenceRequest) (resp *vigilv1.AgentFenceResponse, err error) {
 	defer func() { a.count("Fence", err) }()
+	if err := a.authorize(ctx, "Fence", req.GetObserver(), true); err != nil {
+		return nil, err
+	}
 	g, err := a.lookup(req.GetGroup(), req.GetEpoch())
 	if err != nil {
 		return nil, err
@@ -560,8 +648,11 @@ func (a *Agent) runFence(g *group, step string, epoch uint64, observer string) e
 
 // Lease records one observer's statement "member P is the primary of
 // epoch E" and applies the holding rule at once.
-func (a *Agent) Lease(_ context.Context, req *vigilv1.LeaseRequest) (resp *vigilv1.LeaseResponse, err error) {
+func (a *Agent) Lease(ctx context.Context, req *vigilv1.LeaseRequest) (resp *vigilv1.LeaseResponse, err error) {
 	defer func() { a.count("Lease", err) }()
+	if err := a.authorize(ctx, "Lease", req.GetObserver(), true); err != nil {
+		return nil, err
+	}
 	g, err := a.lookup(req.GetGroup(), req.GetEpoch())
 	if err != nil {
 		return nil, err
@@ -627,8 +718,13 @@ func (a *Agent) Lease(_ context.Context, req *vigilv1.LeaseRequest) (resp *vigil
 	return &vigilv1.LeaseResponse{HighestEpoch: h, Holding: holding}, nil
 }
 
-// Status reports the agent's view of every group.
-func (a *Agent) Status(context.Context, *vigilv1.AgentStatusRequest) (*vigilv1.AgentStatusResponse, error) {
+// Status reports the agent's view of every group. With TLS, any observer
+// certificate may ask.
+func (a *Agent) Status(ctx context.Context, _ *vigilv1.AgentStatusRequest) (*vigilv1.AgentStatusResponse, error) {
+	if err := a.authorize(ctx, "Status", "", false); err != nil {
+		a.count("Status", err)
+		return nil, err
+	}
 	resp := &vigilv1.AgentStatusResponse{Node: a.cfg.Node}
 	now := a.now()
 	for _, g := range a.order {

@@ -60,7 +60,26 @@ type Config struct {
 	GARP GARP `yaml:"garp"`
 	// Groups are the groups this host has a member in.
 	Groups []Group `yaml:"groups"`
+	// TLS, when set, makes the agent serve mutual TLS: only observer
+	// certificates signed by the CA may call it, and each call's observer
+	// field must be the caller's certificate name. Unset: plaintext, for a
+	// network only the observers reach.
+	TLS TLS `yaml:"tls,omitempty"`
 }
+
+// TLS names the agent's mutual-TLS files (PEM): the CA certificate(s) it
+// trusts, its certificate (of kind "agent", from `vigil certs`) and its
+// key. All three or none. Relative paths in a file loaded with Load are
+// relative to the file's directory. SIGHUP reloads them.
+type TLS struct {
+	CA   string `yaml:"ca"`
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+}
+
+// Enabled reports whether any TLS file is configured (Validate requires
+// all three then).
+func (t TLS) Enabled() bool { return t.CA != "" || t.Cert != "" || t.Key != "" }
 
 // GARP configures the gratuitous ARP burst (like keepalived's
 // garp_master_repeat / garp_master_delay).
@@ -246,6 +265,19 @@ func Load(path string) (*Config, error) {
 		}
 		c.DataDir = abs
 	}
+	for _, f := range []struct {
+		name string
+		p    *string
+	}{{"tls.ca", &c.TLS.CA}, {"tls.cert", &c.TLS.Cert}, {"tls.key", &c.TLS.Key}} {
+		if *f.p == "" || filepath.IsAbs(*f.p) {
+			continue
+		}
+		abs, err := filepath.Abs(filepath.Join(filepath.Dir(path), *f.p))
+		if err != nil {
+			return nil, fmt.Errorf("nodeagent config %s: %s: %w", path, f.name, err)
+		}
+		*f.p = abs
+	}
 	return c, nil
 }
 
@@ -378,6 +410,14 @@ func (c *Config) Validate() error {
 	}
 	if d := c.GARP.Interval.D(); d <= 0 || d > maxGARPInterval {
 		v.add("garp.interval", c.GARP.Interval, "must be positive and at most %s", maxGARPInterval)
+	}
+
+	if c.TLS.Enabled() {
+		for _, f := range []struct{ name, path string }{{"tls.ca", c.TLS.CA}, {"tls.cert", c.TLS.Cert}, {"tls.key", c.TLS.Key}} {
+			if f.path == "" {
+				v.add(f.name, nil, "required when any of tls.ca, tls.cert, tls.key is set")
+			}
+		}
 	}
 
 	if len(c.Groups) == 0 {

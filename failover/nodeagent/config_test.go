@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -165,5 +166,60 @@ func TestLoadResolvesDataDir(t *testing.T) {
 	}
 	if _, err := Load(filepath.Join(dir, "missing.yaml")); err == nil {
 		t.Error("missing file: no error")
+	}
+}
+
+func TestParseTLS(t *testing.T) {
+	c, err := Parse([]byte(exampleYAML + "tls: {ca: /etc/vigil/ca.crt, cert: /etc/vigil/db1.crt, key: /etc/vigil/db1.key}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (TLS{CA: "/etc/vigil/ca.crt", Cert: "/etc/vigil/db1.crt", Key: "/etc/vigil/db1.key"}); c.TLS != want || !c.TLS.Enabled() {
+		t.Errorf("tls = %+v", c.TLS)
+	}
+	if c, err := Parse([]byte(exampleYAML)); err != nil || c.TLS.Enabled() {
+		t.Errorf("no tls section: %+v %v", c.TLS, err)
+	}
+
+	for _, tc := range []struct {
+		tls     string
+		missing []string
+	}{
+		{"{ca: ca.crt, cert: db1.crt}", []string{"tls.key"}},
+		{"{key: db1.key}", []string{"tls.ca", "tls.cert"}},
+		{"{ca: ca.crt, cert: '', key: db1.key}", []string{"tls.cert"}},
+	} {
+		_, err := Parse([]byte(exampleYAML + "tls: " + tc.tls + "\n"))
+		if err == nil {
+			t.Errorf("tls %s: no error", tc.tls)
+			continue
+		}
+		for _, f := range []string{"tls.ca", "tls.cert", "tls.key"} {
+			want := slices.Contains(tc.missing, f)
+			if got := strings.Contains(err.Error(), f+": required"); got != want {
+				t.Errorf("tls %s: error %q: names %s = %v, want %v", tc.tls, err, f, got, want)
+			}
+		}
+	}
+	_, err = Parse([]byte(exampleYAML + "tls: {ca: a, cert: b, key: c, kye: d}\n"))
+	if err == nil || !strings.Contains(err.Error(), "tls.kye: unknown key") {
+		t.Errorf("unknown tls key: err = %v", err)
+	}
+}
+
+func TestLoadResolvesTLSPaths(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "node.yaml")
+	y := exampleYAML + "tls: {ca: certs/ca.crt, cert: /abs/db1.crt, key: ../db1.key}\n"
+	if err := os.WriteFile(path, []byte(y), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := TLS{CA: filepath.Join(dir, "certs", "ca.crt"), Cert: "/abs/db1.crt", Key: filepath.Join(filepath.Dir(dir), "db1.key")}
+	if c.TLS != want {
+		t.Errorf("tls = %+v, want %+v", c.TLS, want)
 	}
 }

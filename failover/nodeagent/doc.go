@@ -12,6 +12,18 @@
 // fsync, rename, fsync of the directory) before the agent acts on it, so
 // a restarted agent still refuses a deposed leader's late request.
 //
+// # Transport security
+//
+// With the tls section (ca, cert, key; the certificate of kind "agent")
+// the agent serves mutual TLS 1.3 and only observer certificates signed by
+// the CA complete the handshake. Each Lease, AddVIP, RemoveVIP and Fence
+// must carry the caller's own certificate name as its observer field
+// (PermissionDenied otherwise): one observer cannot speak for another,
+// which matters for the lease quorum. Status needs any observer
+// certificate. SIGHUP reloads the files; a failed reload keeps the
+// current ones. Without the tls section the agent serves plaintext and
+// trusts every caller.
+//
 // # The holding rule (self-fencing)
 //
 // The agent holds the VIP iff at least `quorum` distinct configured

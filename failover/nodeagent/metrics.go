@@ -8,6 +8,7 @@ const (
 	resultStaleEpoch = "stale_epoch"
 	resultInvalid    = "invalid"
 	resultNotFound   = "not_found"
+	resultDenied     = "denied" // TLS on: not an observer, or not in its own name
 	resultError      = "error"
 )
 
@@ -35,7 +36,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "vigil_agent_self_fences_total", Help: "Times the agent removed the VIP (and ran the fence command) on its own after losing the observers' lease quorum or seeing a newer epoch.",
 		}, []string{"group"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "vigil_agent_requests_total", Help: "Node agent gRPC requests by rpc and result (ok, stale_epoch, invalid, not_found, error).",
+			Name: "vigil_agent_requests_total", Help: "Node agent gRPC requests by rpc and result (ok, stale_epoch, invalid, not_found, denied, error).",
 		}, []string{"rpc", "result"}),
 		garp: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vigil_agent_garp_packets_total", Help: "Gratuitous ARP packets for the group's VIP by result (sent, failed).",

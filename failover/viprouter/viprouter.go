@@ -70,8 +70,10 @@ func WithLeaseCallTimeout(d time.Duration) Option { return func(a *Agents) { a.l
 // callTimeout + DefaultFenceExtra).
 func WithFenceCallTimeout(d time.Duration) Option { return func(a *Agents) { a.fenceTimeout = d } }
 
-// WithDialOptions adds gRPC dial options (e.g. transport credentials,
-// which replace the default insecure ones).
+// WithDialOptions adds gRPC dial options. They are applied after the
+// defaults, so transport credentials given here — with the agents' mutual
+// TLS, grpc.WithTransportCredentials(credentials.NewTLS(
+// store.ClientConfig("", "agent"))) — replace the default insecure ones.
 func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(a *Agents) { a.dialOpts = append(a.dialOpts, opts...) }
 }
@@ -149,6 +151,8 @@ func (a *Agents) client(addr string) (vigilv1.NodeAgentClient, error) {
 			MinConnectTimeout: a.callTimeout,
 		}),
 	}
+	// The caller's options last: grpc-go applies dial options in order,
+	// so its transport credentials (TLS) override the insecure default.
 	opts = append(opts, a.dialOpts...)
 	cc, err := grpc.NewClient(addr, opts...) // connects on first use
 	if err != nil {

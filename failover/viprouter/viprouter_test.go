@@ -44,6 +44,7 @@ type hostOpts struct {
 	leaseTimeout time.Duration
 	dataDir      string
 	fake         *nodeagenttest.Addrs
+	tls          nodeagent.TLS // the agent's tls section (none: plaintext)
 }
 
 // fenceScript returns an executable that appends a line per run to marker.
@@ -79,6 +80,7 @@ func startHost(t *testing.T, member string, o hostOpts) *host {
 		LeaseTimeout: nodeagent.Duration(o.leaseTimeout),
 		GARP:         nodeagent.GARP{Count: 2, Interval: nodeagent.Duration(10 * time.Millisecond)},
 		Groups:       []nodeagent.Group{{Name: group, Member: member, VIP: vip, Interface: iface, FenceCommand: []string{script}}},
+		TLS:          o.tls,
 	}
 	a, err := nodeagent.New(cfg, nil, nil, nodeagent.WithAddrs(o.fake))
 	if err != nil {
