@@ -46,6 +46,7 @@ fuzz:
 	$(GO) test $(GOFLAGS_BUILD) -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./cluster/config/
 	$(GO) test $(GOFLAGS_BUILD) -run '^$$' -fuzz '^FuzzApply$$' -fuzztime $(FUZZTIME) ./fsm/
 	$(GO) test $(GOFLAGS_BUILD) -run '^$$' -fuzz '^FuzzDecodeVotes$$' -fuzztime $(FUZZTIME) ./health/
+	$(GO) test $(GOFLAGS_BUILD) -run '^$$' -fuzz '^FuzzAgentRequests$$' -fuzztime $(FUZZTIME) ./failover/nodeagent/
 
 ## bench: leader re-election and Raft commit latency (figures go to docs/BENCHMARKS.md).
 bench:

@@ -89,6 +89,9 @@ prints every problem with the field and value at fault.`,
 				return err
 			}
 			logger := newLogger(stderr, cfg.Log)
+			// SIGHUP reloads certificates (when TLS is on); it must never
+			// kill the observer, whatever its config.
+			signal.Ignore(syscall.SIGHUP)
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			obs, err := cluster.New(cluster.Options{Config: cfg, Logger: logger})
@@ -133,6 +136,7 @@ Needs CAP_NET_ADMIN and CAP_NET_RAW.`,
 				return err
 			}
 			logger := newLogger(stderr, config.Log{Level: level, Format: "text"})
+			signal.Ignore(syscall.SIGHUP) // reloads certificates with TLS; never fatal
 			agent, err := nodeagent.New(cfg, logger, prometheus.NewRegistry())
 			if err != nil {
 				return err
