@@ -526,19 +526,26 @@ func (l *Lab) Exec(ctx context.Context, host string, argv ...string) *exec.Cmd {
 }
 
 // InNS runs f on a goroutine locked to an OS thread that is switched into
-// the host's namespace, and returns f's error. Sockets that f creates stay
-// in that namespace after InNS returns (a listener can be served from any
-// goroutine); goroutines that f starts do not run in it. The thread is
-// switched back afterwards; if that fails it is discarded, never reused.
-// A panic in f is re-raised in the caller.
+// the host's namespace, and returns f's error (see RunInNetNS).
 func (l *Lab) InNS(host string, f func() error) error {
 	h, err := l.host(host)
 	if err != nil {
 		return err
 	}
-	target, err := netns.GetFromName(h.NS)
+	return RunInNetNS(h.NS, f)
+}
+
+// RunInNetNS runs f on a goroutine locked to an OS thread that is switched
+// into the named network namespace, and returns f's error. Sockets that f
+// creates, and processes it starts, stay in that namespace after it
+// returns (a listener can be served from any goroutine); goroutines that f
+// starts do not run in it. The thread is switched back afterwards; if
+// that fails it is discarded, never reused. A panic in f is re-raised in
+// the caller.
+func RunInNetNS(name string, f func() error) error {
+	target, err := netns.GetFromName(name)
 	if err != nil {
-		return fmt.Errorf("netlab: netns %s: %w", h.NS, err)
+		return fmt.Errorf("netlab: netns %s: %w", name, err)
 	}
 	defer target.Close()
 	type result struct {
@@ -556,7 +563,7 @@ func (l *Lab) InNS(host string, f func() error) error {
 		defer orig.Close()
 		if err := netns.Set(target); err != nil {
 			runtime.UnlockOSThread()
-			done <- result{err: fmt.Errorf("netlab: enter netns %s: %w", h.NS, err)}
+			done <- result{err: fmt.Errorf("netlab: enter netns %s: %w", name, err)}
 			return
 		}
 		var res result
@@ -565,7 +572,7 @@ func (l *Lab) InNS(host string, f func() error) error {
 			res.err = f()
 		}()
 		if err := netns.Set(orig); err != nil {
-			res.err = errors.Join(res.err, fmt.Errorf("netlab: leave netns %s: %w", h.NS, err))
+			res.err = errors.Join(res.err, fmt.Errorf("netlab: leave netns %s: %w", name, err))
 			done <- res
 			return // stays locked: the thread is discarded
 		}
