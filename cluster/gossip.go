@@ -18,10 +18,11 @@ type MessageHandler func(msg []byte)
 
 // gossipConfig is what the gossip layer needs from the observer's config.
 type gossipConfig struct {
-	NodeID        string
-	Bind          string
-	Advertise     string
-	Key           []byte
+	NodeID    string
+	Bind      string
+	Advertise string
+	// Keys are the encryption keys, primary first (see config.GossipKeys).
+	Keys          [][]byte
 	Label         string
 	ProbeInterval time.Duration
 	Peers         []string // gossip addresses of the other observers
@@ -110,7 +111,11 @@ func newGossip(cfg gossipConfig, log *slog.Logger, reg prometheus.Registerer) (*
 		return nil, fmt.Errorf("gossip advertise %q: %w", cfg.Advertise, err)
 	}
 	mc.AdvertiseAddr, mc.AdvertisePort = ahost, aport
-	mc.SecretKey = cfg.Key
+	kr, err := memberlist.NewKeyring(cfg.Keys, cfg.Keys[0])
+	if err != nil {
+		return nil, fmt.Errorf("gossip keyring: %w", err)
+	}
+	mc.Keyring = kr
 	mc.Label = cfg.Label
 	if cfg.ProbeInterval > 0 {
 		mc.ProbeInterval = cfg.ProbeInterval

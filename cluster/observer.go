@@ -148,7 +148,7 @@ func New(opts Options) (o *Observer, err error) {
 	}
 	closers = append(closers, func() { _ = o.raft.Shutdown().Error(); _ = o.store.Close() })
 
-	key, err := cfg.GossipKey()
+	keys, err := cfg.GossipKeys()
 	if err != nil {
 		return nil, fmt.Errorf("start observer: gossip key: %w", err)
 	}
@@ -160,7 +160,7 @@ func New(opts Options) (o *Observer, err error) {
 	}
 	o.gossip, err = newGossip(gossipConfig{
 		NodeID: cfg.NodeID, Bind: cfg.Gossip.Bind, Advertise: cfg.Gossip.Advertise,
-		Key: key, Label: cfg.Gossip.Label, ProbeInterval: cfg.Gossip.ProbeInterval.D(), Peers: peers,
+		Keys: keys, Label: cfg.Gossip.Label, ProbeInterval: cfg.Gossip.ProbeInterval.D(), Peers: peers,
 	}, logger.With("component", "gossip"), reg)
 	if err != nil {
 		return nil, fmt.Errorf("start observer: %w", err)

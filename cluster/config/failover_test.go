@@ -1,6 +1,9 @@
 package config
 
 import (
+	"encoding/base64"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -53,4 +56,33 @@ func TestVIPNeedsAgentsAndShortLease(t *testing.T) {
 	fieldError(t, err, "groups[0].failover.haproxy.backend")
 	_, err = Parse(mutate(t, set("groups[0].members[0].agent", "nohost")))
 	fieldError(t, err, "groups[0].members[0].agent")
+}
+
+func TestGossipKeyFileWithSeveralKeys(t *testing.T) {
+	dir := t.TempDir()
+	k1, _ := GenerateGossipKey()
+	k2, _ := GenerateGossipKey()
+	path := filepath.Join(dir, "gossip.key")
+	if err := os.WriteFile(path, []byte("# rotating: new key second, then first\n"+k2+"\n\n"+k1+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Parse(mutate(t, del("gossip.key"), set("gossip.key_file", path)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := c.GossipKeys()
+	if err != nil || len(keys) != 2 {
+		t.Fatalf("keys = %d, %v", len(keys), err)
+	}
+	if first, _ := c.GossipKey(); base64.StdEncoding.EncodeToString(first) != k2 {
+		t.Fatal("the first key of the file is not the primary")
+	}
+	if err := os.WriteFile(path, []byte(k1+"\nnot-base64!\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Parse(mutate(t, del("gossip.key"), set("gossip.key_file", path)))
+	fe := fieldError(t, err, "gossip.key_file")
+	if !strings.Contains(fe.Error(), "line 2") || strings.Contains(fe.Error(), k1) {
+		t.Fatalf("error %q should name line 2 and never show a key", fe)
+	}
 }

@@ -10,9 +10,23 @@ import (
 	"strings"
 )
 
-// GossipKey returns the decoded gossip encryption key, from gossip.key or
-// from the content of gossip.key_file as read by Load.
+// GossipKey returns the primary gossip encryption key (the one new
+// messages are encrypted with): gossip.key, or the first key of
+// gossip.key_file as read by Load.
 func (c *Config) GossipKey() ([]byte, error) {
+	keys, err := c.GossipKeys()
+	if err != nil {
+		return nil, err
+	}
+	return keys[0], nil
+}
+
+// GossipKeys returns every gossip key, primary first. A key_file may hold
+// several keys, one per line (blank lines and lines starting with # are
+// skipped): the first encrypts, all decrypt. That is how the key is
+// rotated without a partition: add the new key second on every observer,
+// then make it first everywhere, then drop the old one (docs/security.md).
+func (c *Config) GossipKeys() ([][]byte, error) {
 	g := &c.Gossip
 	switch {
 	case g.Key != "" && g.KeyFile != "":
@@ -22,17 +36,32 @@ func (c *Config) GossipKey() ([]byte, error) {
 		if err != nil {
 			return nil, fmt.Errorf("gossip.key: %w", err)
 		}
-		return k, nil
+		return [][]byte{k}, nil
 	case g.KeyFile != "":
 		data, err := g.keyFileContent()
 		if err != nil {
 			return nil, fmt.Errorf("gossip.key_file %q: %w", g.KeyFile, err)
 		}
-		k, err := decodeGossipKey(data)
-		if err != nil {
-			return nil, fmt.Errorf("gossip.key_file %q: %w", g.KeyFile, err)
+		var keys [][]byte
+		lines := strings.Split(data, "\n")
+		for i, line := range lines {
+			line = strings.TrimSpace(line)
+			if line == "" || strings.HasPrefix(line, "#") {
+				continue
+			}
+			k, err := decodeGossipKey(line)
+			if err != nil {
+				if len(lines) > 1 {
+					return nil, fmt.Errorf("gossip.key_file %q: line %d: %w", g.KeyFile, i+1, err)
+				}
+				return nil, fmt.Errorf("gossip.key_file %q: %w", g.KeyFile, err)
+			}
+			keys = append(keys, k)
 		}
-		return k, nil
+		if len(keys) == 0 {
+			return nil, fmt.Errorf("gossip.key_file %q: %w", g.KeyFile, errors.New("empty key"))
+		}
+		return keys, nil
 	default:
 		return nil, errors.New("neither gossip.key nor gossip.key_file is set")
 	}

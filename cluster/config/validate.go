@@ -259,12 +259,10 @@ func (c *Config) validateGossip(v *validator) {
 			v.add("gossip.key", nil, err.Error())
 		}
 	default:
-		data, err := g.keyFileContent()
-		if err == nil {
-			_, err = decodeGossipKey(data)
-		}
-		if err != nil {
-			v.add("gossip.key_file", g.KeyFile, err.Error())
+		if _, err := c.GossipKeys(); err != nil {
+			// The message already names gossip.key_file and its path.
+			msg := strings.TrimPrefix(err.Error(), fmt.Sprintf("gossip.key_file %q: ", g.KeyFile))
+			v.add("gossip.key_file", g.KeyFile, msg)
 		}
 	}
 	if !labelPattern.MatchString(g.Label) {
