@@ -102,6 +102,15 @@ func (o *Observer) authorize(ctx context.Context, method string) (context.Contex
 		return ctx, status.Errorf(codes.Unauthenticated, "client certificate: %v", err)
 	}
 	id := callerIdentity{kind: kind, name: name}
+	if roles := o.cfg.Admin.Roles; len(roles) > 0 && (kind == kindOperator || kind == kindViewer) {
+		role, ok := roles[name]
+		if !ok {
+			return ctx, status.Errorf(codes.PermissionDenied, "%s is not in admin.roles", id)
+		}
+		// The configured role wins over the certificate's kind, so a
+		// certificate can be demoted without re-issuing it.
+		kind = role
+	}
 	if mutating[method] && kind != kindOperator && kind != kindObserver {
 		return ctx, status.Errorf(codes.PermissionDenied, "%s may not call %s: the operator role is required", id, method[strings.LastIndex(method, "/")+1:])
 	}

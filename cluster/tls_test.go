@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/vigilha/vigil/cluster"
 	"github.com/vigilha/vigil/cluster/clustertest"
 	"github.com/vigilha/vigil/cluster/tlsconf"
 	vigilv1 "github.com/vigilha/vigil/proto/vigil/v1"
@@ -161,4 +162,28 @@ func TestRaftRefusesForeignPeers(t *testing.T) {
 	}
 	// Plaintext Raft RPCs are not understood either: the cluster stays up.
 	c.WaitForLeader(waitLong)
+}
+
+// TestAdminRolesFromConfig: admin.roles overrides the certificates' kinds
+// (a certificate is demoted or promoted without re-issuing it).
+func TestAdminRolesFromConfig(t *testing.T) {
+	t.Parallel()
+	c := clustertest.Start(t, clustertest.Options{
+		ConfigOptions: clustertest.ConfigOptions{TLS: true},
+		Customize: func(_ int, o *cluster.Options) {
+			o.Config.Admin.Roles = map[string]string{"alice": "viewer", "bob": "operator"}
+		},
+	})
+	leader := c.WaitForLeader(waitLong)
+	waitGroupsSynced(t, c)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	alice := adminAs(t, c, leader, credsOf(t, c.Set.PKIDir, "alice"))
+	if _, err := alice.PauseGroup(ctx, &vigilv1.PauseGroupRequest{Group: "pg-main"}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("alice (operator certificate, viewer by config) pause: %v", err)
+	}
+	bob := adminAs(t, c, leader, credsOf(t, c.Set.PKIDir, "bob"))
+	if _, err := bob.PauseGroup(ctx, &vigilv1.PauseGroupRequest{Group: "pg-main", Reason: "bob promoted"}); err != nil {
+		t.Fatalf("bob (viewer certificate, operator by config) pause: %v", err)
+	}
 }

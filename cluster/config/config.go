@@ -39,6 +39,8 @@ type Config struct {
 	Observers []Observer `yaml:"observers"`
 	// TLS enables mutual TLS on the admin API, Raft and agent calls.
 	TLS TLS `yaml:"tls,omitempty"`
+	// Admin configures roles on the admin API.
+	Admin Admin `yaml:"admin,omitempty"`
 	// Groups are the replicated services to monitor.
 	Groups []Group `yaml:"groups,omitempty"`
 }

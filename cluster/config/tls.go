@@ -36,3 +36,26 @@ func (t TLS) validate(v *validator) {
 		}
 	}
 }
+
+// Admin configures who may do what on the admin API (with TLS).
+type Admin struct {
+	// Roles, when set, maps client certificate names to "operator" or
+	// "viewer"; other operator and viewer certificates are refused. When
+	// empty, the certificate's kind is its role.
+	Roles map[string]string `yaml:"roles,omitempty"`
+}
+
+func (a Admin) validate(v *validator, tlsOn bool) {
+	for name, role := range a.Roles {
+		f := "admin.roles." + name
+		if role != "operator" && role != "viewer" {
+			v.add(f, role, "must be operator or viewer")
+		}
+		if name == "" {
+			v.add("admin.roles", name, "empty identity name")
+		}
+	}
+	if len(a.Roles) > 0 && !tlsOn {
+		v.add("admin.roles", nil, "needs tls: roles come from client certificates")
+	}
+}

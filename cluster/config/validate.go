@@ -170,6 +170,7 @@ func (c *Config) Validate() error {
 	c.validateListeners(&v)
 	c.validateObservers(&v)
 	c.TLS.validate(&v)
+	c.Admin.validate(&v, c.TLS.Enabled())
 	groups := map[string]int{}
 	for i := range c.Groups {
 		g := &c.Groups[i]
