@@ -26,8 +26,19 @@ func (o *Observer) startHTTP() error {
 	mux.HandleFunc("GET /primary/{group}/{member}", o.handlePrimary)
 	mux.HandleFunc("GET /replica/{group}/{member}", o.handleReplica)
 	o.httpServer = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 15 * time.Second}
+	if o.cfg.HTTP.TLS {
+		// Any certificate of the cluster's CA may read metrics and roles.
+		o.httpServer.TLSConfig = o.tls.ServerConfig()
+		o.httpServer.TLSConfig.NextProtos = []string{"http/1.1"}
+	}
 	go func() {
-		if err := o.httpServer.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		var err error
+		if o.cfg.HTTP.TLS {
+			err = o.httpServer.ServeTLS(ln, "", "")
+		} else {
+			err = o.httpServer.Serve(ln)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			o.log.Error("http server stopped", "err", err)
 		}
 	}()

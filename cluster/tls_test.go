@@ -3,6 +3,7 @@ package cluster_test
 import (
 	"context"
 	"crypto/tls"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -185,5 +186,37 @@ func TestAdminRolesFromConfig(t *testing.T) {
 	bob := adminAs(t, c, leader, credsOf(t, c.Set.PKIDir, "bob"))
 	if _, err := bob.PauseGroup(ctx, &vigilv1.PauseGroupRequest{Group: "pg-main", Reason: "bob promoted"}); err != nil {
 		t.Fatalf("bob (viewer certificate, operator by config) pause: %v", err)
+	}
+}
+
+// TestHTTPOverTLS: with http.tls, /metrics and the role endpoints need a
+// certificate of the cluster's CA.
+func TestHTTPOverTLS(t *testing.T) {
+	t.Parallel()
+	c := clustertest.Start(t, clustertest.Options{
+		ConfigOptions: clustertest.ConfigOptions{TLS: true},
+		Customize:     func(_ int, o *cluster.Options) { o.Config.HTTP.TLS = true },
+	})
+	c.WaitForLeader(waitLong)
+	pki := c.Set.PKIDir
+	url := "https://" + c.Nodes[0].Obs.HTTPAddr() + "/metrics"
+	pool := mustPool(t, readFile(t, filepath.Join(pki, "ca.pem")))
+	anon := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	if resp, err := anon.Get(url); err == nil {
+		resp.Body.Close()
+		t.Fatalf("/metrics served to a client without a certificate: %s", resp.Status)
+	}
+	bob, err := tls.LoadX509KeyPair(filepath.Join(pki, "bob.pem"), filepath.Join(pki, "bob-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	viewer := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{bob}}}}
+	resp, err := viewer.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/metrics with a viewer certificate: %s", resp.Status)
 	}
 }

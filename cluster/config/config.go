@@ -118,6 +118,10 @@ type GRPC struct {
 type HTTP struct {
 	// Listen is the host:port to listen on; a wildcard host is allowed.
 	Listen string `yaml:"listen"`
+	// TLS serves /metrics, /health and the role endpoints over mutual TLS
+	// with the observer's certificate (needs the tls section): scrapers
+	// and load balancers then present a certificate of the CA.
+	TLS bool `yaml:"tls,omitempty"`
 }
 
 // Observer is one entry of the static observer set, which must be

@@ -171,6 +171,9 @@ func (c *Config) Validate() error {
 	c.validateObservers(&v)
 	c.TLS.validate(&v)
 	c.Admin.validate(&v, c.TLS.Enabled())
+	if c.HTTP.TLS && !c.TLS.Enabled() {
+		v.add("http.tls", true, "needs the tls section (ca, cert, key)")
+	}
 	groups := map[string]int{}
 	for i := range c.Groups {
 		g := &c.Groups[i]
