@@ -70,7 +70,7 @@ func failoverLab(t testing.TB, lo labOptions) (*pglab.Cluster, *clustertest.Clus
 	b.WriteString("\n")
 	c := clustertest.Start(t, clustertest.Options{ConfigOptions: clustertest.ConfigOptions{Groups: b.String()}, Customize: lo.customize})
 	c.WaitForLeader(waitLong)
-	clustertest.WaitFor(t, waitLong, "every member up on all three observers", func() (bool, string) {
+	clustertest.WaitFor(t, 60*time.Second, "every member up on all three observers", func() (bool, string) {
 		for _, i := range c.Running() {
 			hs := c.Nodes[i].Obs.Monitor().Health("pg-main")
 			if len(hs) != len(pg.Nodes) {
