@@ -457,18 +457,11 @@ func (g *group) setHoldingLocked(a *Agent, v bool) {
 // speaks for a quorum; the observers' leases must then keep coming.
 func (a *Agent) AddVIP(ctx context.Context, req *vigilv1.VIPRequest) (resp *vigilv1.VIPResponse, err error) {
 	defer func() { a.count("AddVIP", err) }()
-	if err := a.authorize(ctx, "AddVIP", req.GetObserver(), true); err != nil {
-		return nil, err
-	}
-	g, err := a.lookup(req.GetGroup(), req.GetEpoch())
+	g, unlock, err := a.enter(ctx, "AddVIP", req.GetGroup(), req.GetEpoch(), req.GetObserver())
 	if err != nil {
 		return nil, err
 	}
-	g.act.Lock()
-	defer g.act.Unlock()
-	if err := a.admit(g, req.GetEpoch(), "AddVIP", req.GetObserver()); err != nil {
-		return nil, err
-	}
+	defer unlock()
 	changed, aerr := a.addrs.Add(g.iface, g.cidr)
 	if aerr != nil {
 		a.log.Error("adding the VIP failed", "group", g.name, "vip", g.cidr, "interface", g.iface, "epoch", req.GetEpoch(), "err", aerr)
@@ -532,21 +525,33 @@ func (a *Agent) garpBurst(g *group, gen uint64) {
 	}
 }
 
+// enter is the common start of AddVIP, RemoveVIP and Fence: check the
+// caller, find the group, take its action lock and admit the epoch (the
+// fencing token). On success the caller must call unlock.
+func (a *Agent) enter(ctx context.Context, rpc, name string, epoch uint64, observer string) (*group, func(), error) {
+	if err := a.authorize(ctx, rpc, observer, true); err != nil {
+		return nil, nil, err
+	}
+	g, err := a.lookup(name, epoch)
+	if err != nil {
+		return nil, nil, err
+	}
+	g.act.Lock()
+	if err := a.admit(g, epoch, rpc, observer); err != nil {
+		g.act.Unlock()
+		return nil, nil, err
+	}
+	return g, g.act.Unlock, nil
+}
+
 // RemoveVIP removes the group's VIP and cancels any AddVIP grant.
 func (a *Agent) RemoveVIP(ctx context.Context, req *vigilv1.VIPRequest) (resp *vigilv1.VIPResponse, err error) {
 	defer func() { a.count("RemoveVIP", err) }()
-	if err := a.authorize(ctx, "RemoveVIP", req.GetObserver(), true); err != nil {
-		return nil, err
-	}
-	g, err := a.lookup(req.GetGroup(), req.GetEpoch())
+	g, unlock, err := a.enter(ctx, "RemoveVIP", req.GetGroup(), req.GetEpoch(), req.GetObserver())
 	if err != nil {
 		return nil, err
 	}
-	g.act.Lock()
-	defer g.act.Unlock()
-	if err := a.admit(g, req.GetEpoch(), "RemoveVIP", req.GetObserver()); err != nil {
-		return nil, err
-	}
+	defer unlock()
 	g.mu.Lock()
 	g.grantUntil, g.startupGrace = time.Time{}, false
 	g.mu.Unlock()
@@ -568,18 +573,11 @@ func (a *Agent) RemoveVIP(ctx context.Context, req *vigilv1.VIPRequest) (resp *v
 // VIP is gone and the command (if any) exited 0.
 func (a *Agent) Fence(ctx context.Context, req *vigilv1.AgentFenceRequest) (resp *vigilv1.AgentFenceResponse, err error) {
 	defer func() { a.count("Fence", err) }()
-	if err := a.authorize(ctx, "Fence", req.GetObserver(), true); err != nil {
-		return nil, err
-	}
-	g, err := a.lookup(req.GetGroup(), req.GetEpoch())
+	g, unlock, err := a.enter(ctx, "Fence", req.GetGroup(), req.GetEpoch(), req.GetObserver())
 	if err != nil {
 		return nil, err
 	}
-	g.act.Lock()
-	defer g.act.Unlock()
-	if err := a.admit(g, req.GetEpoch(), "Fence", req.GetObserver()); err != nil {
-		return nil, err
-	}
+	defer unlock()
 	g.mu.Lock()
 	g.grantUntil, g.startupGrace = time.Time{}, false
 	g.pendingFence = false // this fence supersedes a self-fence in progress
