@@ -3,6 +3,7 @@ package cluster_test
 import (
 	"context"
 	"fmt"
+	"github.com/vigilha/vigil/deploy/lab/spawn"
 	"os"
 	osexec "os/exec"
 	"path/filepath"
@@ -91,7 +92,7 @@ groups:
 		cmd := v.lab.Exec(context.Background(), h, vigilBinPath, "node", "--config", path, "--log-level", "debug")
 		cmd.Stdout, cmd.Stderr = logf, logf
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-		if err := cmd.Start(); err != nil {
+		if err := spawn.Start(cmd); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() {

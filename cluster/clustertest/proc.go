@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/vigilha/vigil/deploy/lab/spawn"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -109,7 +110,8 @@ func (pc *ProcCluster) Start(i int) {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Own process group, and SIGKILL if the test process dies first.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	// From spawn's dedicated thread: Pdeathsig is per thread.
+	if err := spawn.Start(cmd); err != nil {
 		_ = logf.Close()
 		pc.t.Fatalf("start observer %s: %v", pc.Set.IDs[i], err)
 	}

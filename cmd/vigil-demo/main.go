@@ -35,6 +35,7 @@ import (
 
 	"github.com/vigilha/vigil/deploy/lab/netlab"
 	"github.com/vigilha/vigil/deploy/lab/pglab"
+	"github.com/vigilha/vigil/deploy/lab/spawn"
 	vigilv1 "github.com/vigilha/vigil/proto/vigil/v1"
 )
 
@@ -419,7 +420,7 @@ groups:
 		cmd := exec.Command(vigil, "observer", "--config", path)
 		cmd.Stdout, cmd.Stderr = logf, logf
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-		if err := cmd.Start(); err != nil {
+		if err := spawn.Start(cmd); err != nil {
 			o.stop()
 			return nil, fmt.Errorf("start observer %d: %w", i+1, err)
 		}
@@ -698,7 +699,7 @@ groups:
 		cmd := lab.Exec(context.Background(), h, vigil, "node", "--config", path)
 		cmd.Stdout, cmd.Stderr = logf, logf
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-		if err := cmd.Start(); err != nil {
+		if err := spawn.Start(cmd); err != nil {
 			stop()
 			return nil, fmt.Errorf("start node agent on %s: %w", h, err)
 		}
@@ -747,7 +748,7 @@ backend pg-main
 	cmd := exec.Command("haproxy", "-db", "-f", path)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := spawn.Start(cmd); err != nil {
 		return "", nil, fmt.Errorf("start haproxy: %w", err)
 	}
 	say("HAProxy listening on %s; its checks ask observer 1 (%s/primary/pg-main/<member>)", front, observerHTTP)

@@ -122,15 +122,25 @@ func Available() error {
 	// Creating a namespace is the real test (a container may forbid it).
 	errc := make(chan error, 1)
 	go func() {
-		// The thread is never unlocked: it ends with this goroutine, so it
-		// does not matter in which namespace it is left.
 		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- fmt.Errorf("netlab: current network namespace: %w", err)
+			return // stays locked: the thread ends with this goroutine
+		}
+		defer orig.Close()
 		ns, err := netns.New()
 		if err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("netlab: cannot create a network namespace: %w", err)
 			return
 		}
 		ns.Close()
+		// Back to where we were, and unlocked: a thread that ends takes
+		// with it the Pdeathsig children it once forked (see spawn).
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
 		errc <- nil
 	}()
 	return <-errc

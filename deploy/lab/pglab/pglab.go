@@ -27,6 +27,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/vigilha/vigil/deploy/lab/spawn"
 )
 
 // Options configures Start.
@@ -209,12 +211,10 @@ func (c *Cluster) startStandby(ctx context.Context, primary, n *Node, pickPort b
 	if err := c.acct.mkdir(n.Dir); err != nil {
 		return err
 	}
-	err := inNetNS(n.NetNS, func() error {
-		return c.acct.run(ctx, "pg_basebackup",
-			"-h", primary.IP, "-p", fmt.Sprint(primary.Port), "-U", "postgres",
-			"-D", n.DataDir, "-R", "-X", "stream", "-C", "-S", "slot_"+n.Name,
-			"-c", "fast", "--no-sync")
-	})
+	err := c.acct.run(ctx, n.NetNS, "pg_basebackup",
+		"-h", primary.IP, "-p", fmt.Sprint(primary.Port), "-U", "postgres",
+		"-D", n.DataDir, "-R", "-X", "stream", "-C", "-S", "slot_"+n.Name,
+		"-c", "fast", "--no-sync")
 	if err != nil {
 		return err
 	}
@@ -226,7 +226,7 @@ func (c *Cluster) initPrimary(ctx context.Context, n *Node, opts Options) error 
 	if err := c.acct.mkdir(n.Dir); err != nil {
 		return err
 	}
-	err := c.acct.run(ctx, "initdb", "-D", n.DataDir, "-U", "postgres", "--auth=trust",
+	err := c.acct.run(ctx, "", "initdb", "-D", n.DataDir, "-U", "postgres", "--auth=trust",
 		"--data-checksums", "-E", "UTF8", "--locale=C", "--no-sync")
 	if err != nil {
 		return err
@@ -470,7 +470,7 @@ func (n *Node) spawn() (*process, error) {
 		"-D", n.DataDir, "-p", fmt.Sprint(n.Port), "-c", "cluster_name="+n.Name)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
-	if err := inNetNS(n.NetNS, cmd.Start); err != nil {
+	if err := spawn.StartInNetNS(n.NetNS, cmd); err != nil {
 		return nil, fmt.Errorf("pglab: start %s: %w", n.Name, err)
 	}
 	p := &process{pid: cmd.Process.Pid, done: make(chan struct{}), logOff: st.Size()}
@@ -649,9 +649,7 @@ WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)`, slo
 		return fmt.Errorf("pglab: rejoin %s: slot on %s: %w", n.Name, primary.Name, err)
 	}
 	src := fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres", primary.ip(), primary.Port)
-	if err := inNetNS(n.NetNS, func() error {
-		return n.acct.run(ctx, "pg_rewind", "--target-pgdata", n.DataDir, "--source-server", src, "--no-sync")
-	}); err != nil {
+	if err := n.acct.run(ctx, n.NetNS, "pg_rewind", "--target-pgdata", n.DataDir, "--source-server", src, "--no-sync"); err != nil {
 		return fmt.Errorf("pglab: rejoin %s: %w", n.Name, err)
 	}
 	auto := fmt.Sprintf("\nprimary_conninfo = 'host=%s port=%d user=postgres application_name=%s'\nprimary_slot_name = '%s'\n",

@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/vigilha/vigil/deploy/lab/spawn"
 	"time"
 )
 
@@ -217,13 +219,20 @@ func childEnv(home string) []string {
 	return append(env, "LC_ALL=C", "LANG=C")
 }
 
-// run executes bin as the PostgreSQL account and returns its combined
-// output in the error when it fails.
-func (a account) run(ctx context.Context, bin string, args ...string) error {
+// run executes bin as the PostgreSQL account, in network namespace ns
+// ("" = ours), and returns its combined output in the error when it fails.
+// It starts the process through spawn, like every lab process (Pdeathsig
+// must not fire when some unrelated thread exits).
+func (a account) run(ctx context.Context, ns, bin string, args ...string) error {
 	cmd := a.command(ctx, bin, args...)
-	out, err := cmd.CombinedOutput()
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := spawn.StartInNetNS(ns, cmd)
+	if err == nil {
+		err = cmd.Wait()
+	}
 	if err != nil {
-		return fmt.Errorf("pglab: %s %s: %w\n%s", filepath.Base(bin), strings.Join(args, " "), err, tail(string(out), 30))
+		return fmt.Errorf("pglab: %s %s: %w\n%s", filepath.Base(bin), strings.Join(args, " "), err, tail(out.String(), 30))
 	}
 	return nil
 }
