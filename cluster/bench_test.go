@@ -105,14 +105,20 @@ func benchRuns(def int) int {
 	return def
 }
 
-// report prints min/p50/p99/max of d and reports p50/p99 to the benchmark.
-func report(b *testing.B, title string, d []time.Duration) {
+// quantiles sorts a copy of d and returns it with a nearest-rank
+// quantile function over it (q in 0..1), for the benchmarks' tables.
+func quantiles(d []time.Duration) ([]time.Duration, func(q float64) time.Duration) {
 	s := append([]time.Duration(nil), d...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	at := func(p float64) time.Duration {
-		i := int(float64(len(s))*p+0.999999) - 1
+	return s, func(q float64) time.Duration {
+		i := int(float64(len(s))*q+0.999999) - 1
 		return s[max(0, min(i, len(s)-1))]
 	}
+}
+
+// report prints min/p50/p99/max of d and reports p50/p99 to the benchmark.
+func report(b *testing.B, title string, d []time.Duration) {
+	s, at := quantiles(d)
 	b.ReportMetric(float64(at(0.5).Milliseconds()), "p50-ms")
 	b.ReportMetric(float64(at(0.99).Milliseconds()), "p99-ms")
 	fmt.Printf("\n%s\n%-5s %10s\n%-5s %10s\n%-5s %10s\n%-5s %10s\n%-5s %10s\n", title, "stat", "time",

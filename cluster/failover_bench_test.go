@@ -3,7 +3,6 @@ package cluster_test
 import (
 	"context"
 	"fmt"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -37,9 +36,7 @@ func BenchmarkFailover(b *testing.B) {
 	fmt.Printf("\nkill -9 primary → first acknowledged write on the new primary (%d runs; probe 500ms/400ms, down_after 2s, 3 observers, 2 standbys)\n", runs)
 	fmt.Printf("%-9s %9s %9s %9s\n", "phase", "p50", "p99", "max")
 	for _, p := range phases {
-		s := append([]time.Duration(nil), got[p]...)
-		sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-		at := func(q float64) time.Duration { return s[max(0, min(len(s)-1, int(float64(len(s))*q+0.999999)-1))] }
+		s, at := quantiles(got[p])
 		fmt.Printf("%-9s %9s %9s %9s\n", p, at(0.5).Round(time.Millisecond), at(0.99).Round(time.Millisecond), s[len(s)-1].Round(time.Millisecond))
 		if p == "total" {
 			b.ReportMetric(float64(at(0.5).Milliseconds()), "p50-ms")

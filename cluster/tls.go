@@ -128,18 +128,14 @@ func (o *Observer) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServe
 		err = status.Errorf(codes.ResourceExhausted, "%s: too many state-changing requests; at most %.0f per second (burst %.0f)",
 			actorFrom(ctx), o.limiter.rate, o.limiter.burst)
 	}
+	var resp any
 	if err == nil {
-		var resp any
 		resp, err = handler(ctx, req)
-		if mutating[info.FullMethod] {
-			o.audit(ctx, info.FullMethod, req, err)
-		}
-		return resp, err
 	}
 	if mutating[info.FullMethod] {
 		o.audit(ctx, info.FullMethod, req, err)
 	}
-	return nil, err
+	return resp, err
 }
 
 func (o *Observer) streamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {

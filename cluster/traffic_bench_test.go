@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"sort"
 	"sync"
 	"testing"
 	"time"
@@ -122,9 +121,7 @@ func trafficRun(b *testing.B, pg *pglab.Cluster, waitNew func() string, dial fun
 }
 
 func reportTraffic(b *testing.B, title string, took []time.Duration, lost []int) {
-	s := append([]time.Duration(nil), took...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	at := func(q float64) time.Duration { return s[max(0, min(len(s)-1, int(float64(len(s))*q+0.999999)-1))] }
+	s, at := quantiles(took)
 	total := 0
 	for _, l := range lost {
 		total += l

@@ -2,6 +2,7 @@ package failover
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -77,10 +78,10 @@ func judge(in CandidateInput, m *vigilv1.MemberSpec, h *vigilv1.MemberHealth, c 
 	if m.GetPriority() == 0 && !in.Manual {
 		return "priority 0 (never promoted automatically)"
 	}
-	if len(in.AllowedDatacenters) > 0 && !contains(in.AllowedDatacenters, m.GetDatacenter()) {
+	if len(in.AllowedDatacenters) > 0 && !slices.Contains(in.AllowedDatacenters, m.GetDatacenter()) {
 		return fmt.Sprintf("datacenter %q not in allowed_datacenters", m.GetDatacenter())
 	}
-	if len(in.SyncStandbys) > 0 && !contains(in.SyncStandbys, m.GetName()) {
+	if len(in.SyncStandbys) > 0 && !slices.Contains(in.SyncStandbys, m.GetName()) {
 		return "not a synchronous standby of the primary (" + strings.Join(in.SyncStandbys, ", ") + ")"
 	}
 	if h == nil {
@@ -129,13 +130,4 @@ func Best(in CandidateInput) (Candidate, error) {
 		why = append(why, c.Name+": "+c.Reason)
 	}
 	return Candidate{}, fmt.Errorf("no eligible candidate (%s)", strings.Join(why, "; "))
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

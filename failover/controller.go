@@ -269,14 +269,7 @@ func (c *Controller) ensureVIP(ctx context.Context, g *vigilv1.Group) {
 	if !ok || acts.VIPEnsure == nil {
 		return
 	}
-	now := c.opt.Now()
-	c.mu.Lock()
-	due := now.After(c.ensured[name].Add(2 * time.Second))
-	if due {
-		c.ensured[name] = now
-	}
-	c.mu.Unlock()
-	if !due {
+	if !c.due(c.ensured, name, 2*time.Second) {
 		return
 	}
 	ectx, cancel := context.WithTimeout(ctx, acts.StepTimeout)
@@ -287,19 +280,25 @@ func (c *Controller) ensureVIP(ctx context.Context, g *vigilv1.Group) {
 	}
 }
 
+// due reports whether name's last time in last is at least every ago,
+// and if so records now: a per-group rate limit for periodic chores.
+func (c *Controller) due(last map[string]time.Time, name string, every time.Duration) bool {
+	now := c.opt.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !now.After(last[name].Add(every)) {
+		return false
+	}
+	last[name] = now
+	return true
+}
+
 // refreshEligibility re-judges, at most once a second per group, who could
 // be promoted now, so vigil_candidate_eligible (and the "no eligible
 // candidate" alert) describe the present, not the last decision.
 func (c *Controller) refreshEligibility(g *vigilv1.Group) {
 	name := g.GetSpec().GetName()
-	now := c.opt.Now()
-	c.mu.Lock()
-	due := now.After(c.judged[name].Add(time.Second))
-	if due {
-		c.judged[name] = now
-	}
-	c.mu.Unlock()
-	if !due {
+	if !c.due(c.judged, name, time.Second) {
 		return
 	}
 	if cands, err := c.Candidates(name); err == nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -258,7 +259,7 @@ func (m *Monitor) Receive(packet []byte) {
 	case obs == m.cfg.Self:
 		m.m.dropped.WithLabelValues("self").Inc()
 		return
-	case !contains(m.cfg.Observers, obs):
+	case !slices.Contains(m.cfg.Observers, obs):
 		m.m.dropped.WithLabelValues("unknown_observer").Inc()
 		return
 	}
@@ -510,13 +511,4 @@ func (m *Monitor) Subscribe(buffer int) (<-chan Change, func()) {
 		delete(m.subs, id)
 		m.mu.Unlock()
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

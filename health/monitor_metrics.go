@@ -2,6 +2,7 @@ package health
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -101,7 +102,7 @@ func (m *monitorMetrics) observeEval(h *vigilv1.MemberHealth, votes []Vote, p Pa
 	m.odown.WithLabelValues(g, mem).Set(odown)
 	m.downVotes.WithLabelValues(g, mem).Set(float64(h.GetDownVotes()))
 	for _, v := range votes {
-		if !contains(p.Observers, v.Observer) {
+		if !slices.Contains(p.Observers, v.Observer) {
 			continue
 		}
 		val := -1.0

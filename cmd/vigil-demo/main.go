@@ -24,6 +24,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -269,7 +270,7 @@ func run(bin string, keep bool, mode string) error {
 		newHost := fmt.Sprintf("db%s", strings.TrimPrefix(f.GetNewPrimary(), "pg"))
 		if err := waitFor(ctx, 30*time.Second, func() (bool, error) {
 			a, err := lab.Addrs(newHost)
-			return err == nil && contains(a, vip), nil
+			return err == nil && slices.Contains(a, vip), nil
 		}); err != nil {
 			wcancel()
 			return fmt.Errorf("the VIP did not reach %s: %w", newHost, err)
@@ -655,15 +656,6 @@ func (w *writer) lost(ctx context.Context, primary string) (lost, total int, err
 		return 0, 0, err
 	}
 	return len(ids) - have, len(ids), nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // startAgents runs `vigil node` on every database host of the lab.
