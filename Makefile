@@ -23,8 +23,10 @@ build:
 ## One package at a time (-p 1): the end-to-end packages each run several
 ## PostgreSQL servers and observers, and two cores shared by all of them
 ## would turn slow probes into the false verdicts the tests rule out.
+## It first installs what the tests need when missing (deploy/lab/install-deps.sh).
 test: lint
-	$(GO) test $(GOFLAGS_BUILD) -race -count=1 -p 1 -timeout $(TEST_TIMEOUT) ./...
+	bash deploy/lab/install-deps.sh
+	PATH="$(GOBIN_DIR):$$PATH" $(GO) test $(GOFLAGS_BUILD) -race -count=1 -p 1 -timeout $(TEST_TIMEOUT) ./...
 
 proto-tools:
 	@command -v protoc >/dev/null || { echo "protoc missing: apt-get install -y protobuf-compiler libprotobuf-dev" >&2; exit 1; }

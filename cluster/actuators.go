@@ -1,11 +1,7 @@
 package cluster
 
 import (
-	"context"
-	"fmt"
 	"log/slog"
-	"os"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -30,7 +26,7 @@ type actuatorSet struct {
 
 // buildActuators turns each group's failover config into its actuators.
 // They are built once at start.
-func buildActuators(cfg *config.Config, log *slog.Logger, store *tlsconf.Store) actuatorSet {
+func buildActuators(o *Observer, cfg *config.Config, log *slog.Logger, store *tlsconf.Store) actuatorSet {
 	runner := hook.New(log.With("component", "hook"))
 	out := map[string]failover.GroupActuators{}
 	var notifiers []*hook.Notify
@@ -50,6 +46,7 @@ func buildActuators(cfg *config.Config, log *slog.Logger, store *tlsconf.Store) 
 		f := g.Failover
 		acts := failover.GroupActuators{
 			BestEffortFence:    f.Fence == config.FenceBestEffort,
+			NeedTrafficFence:   f.VIP,
 			StepTimeout:        f.StepTimeout.D(),
 			PromoteTimeout:     f.PromoteTimeout.D(),
 			VetoBackoff:        f.VetoBackoff.D(),
@@ -57,26 +54,33 @@ func buildActuators(cfg *config.Config, log *slog.Logger, store *tlsconf.Store) 
 			AllowedDatacenters: f.AllowedDatacenters,
 		}
 		if p := f.Postgres; p != nil && g.Kind == config.KindPostgres {
+			password, err := config.ReadSecret(p.PasswordFile)
+			if err != nil {
+				// Validate checked it at start; it went away since.
+				log.Error("failover password unreadable; acting without it", "group", g.Name, "err", err)
+			}
 			pg := pgactuator.New(pgactuator.Config{
-				User: p.User, Database: p.Database, Password: readSecret(p.PasswordFile), SSLMode: p.SSLMode,
+				User: p.User, Database: p.Database, Password: password, SSLMode: p.SSLMode,
 				ReplicationUser: p.ReplicationUser, PromoteTimeout: f.PromoteTimeout.D(), OpTimeout: f.StepTimeout.D(),
 			}, log.With("component", "pgactuator", "group", g.Name))
+			// All at once (failover.fence): the host's agent (VIP off, and
+			// its database fence), the SQL fence, and — for a host nobody
+			// can reach — the agent's own enforcement of lease expiry.
 			if f.VIP {
-				// Host-local fencing through the node agent comes first.
 				acts.Fencers = append(acts.Fencers, agents.Fencer())
 			}
 			acts.Fencers = append(acts.Fencers, pg)
 			acts.Promoter, acts.Repointer, acts.CatchUp, acts.Unfencer, acts.Positioner = pg, pg, pg, pg, pg
+			acts.CandidateFencer = pg
 		}
 		h := f.Hooks
 		if h.Fence != nil {
-			acts.Fencers = append(acts.Fencers, hook.Fence{R: runner, Cmd: hookCmd(h.Fence)})
+			acts.LastResortFencers = append(acts.LastResortFencers, hook.Fence{R: runner, Cmd: hookCmd(h.Fence)})
 		}
 		if f.VIP {
 			acts.Routers = append(acts.Routers, agents.Router())
-			// Last resort: an isolated old primary's agent drops the VIP by
-			// itself once it stops hearing a quorum of leases.
-			acts.Fencers = append(acts.Fencers, leaseExpiry{timeout: f.LeaseTimeout.D()})
+			acts.Fencers = append(acts.Fencers, leaseExpiry{o: o, group: g.Name, leaseTimeout: f.LeaseTimeout.D(),
+				window: g.DownAfter.D() + 2*g.Probe.Interval.D() + f.LeaseTimeout.D() + time.Second})
 			acts.VIPEnsure = agents.Router()
 		}
 		if hp := f.HAProxy; hp != nil {
@@ -115,42 +119,6 @@ func agentOptions(log *slog.Logger, store *tlsconf.Store) []viprouter.Option {
 	return opts
 }
 
-// leaseExpiry confirms a fence by waiting out the node agents' lease:
-// once a failover's intent is committed, no observer leases the old
-// primary any more, so its agent — reachable or not — drops the VIP
-// within lease_timeout of the last lease it received. A lease sent just
-// before an observer applied the intent may arrive up to one lease call
-// timeout later, so the wait, counted from the intent's commit, is
-// lease_timeout + that call timeout + 10% + 100ms for drift and
-// scheduling (failover/DESIGN.md).
-type leaseExpiry struct{ timeout time.Duration }
-
-func (l leaseExpiry) Fence(ctx context.Context, a failover.Action) (failover.FenceResult, error) {
-	wait := l.timeout + viprouter.DefaultLeaseCallTimeout + l.timeout/10 + 100*time.Millisecond
-	if !a.Started.IsZero() {
-		wait = time.Until(a.Started.Add(wait))
-	}
-	if wait > 0 {
-		select {
-		case <-ctx.Done():
-			return failover.FenceResult{}, fmt.Errorf("wait for the old primary's lease to expire: %w", ctx.Err())
-		case <-time.After(wait):
-		}
-	}
-	return failover.FenceResult{Confirmed: true, Detail: fmt.Sprintf("lease expired: %s's node agent dropped the VIP on its own within lease_timeout %s", a.Old.Name, l.timeout)}, nil
-}
-
 func hookCmd(h *config.Hook) hook.Command {
 	return hook.Command{Argv: h.Command, Timeout: h.Timeout.D(), Retries: h.Retries}
-}
-
-func readSecret(path string) string {
-	if path == "" {
-		return ""
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	return strings.TrimSpace(string(b))
 }

@@ -3,8 +3,8 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
-	"os"
 	"strings"
 	"time"
 
@@ -30,6 +30,7 @@ func healthPlans(cfg *config.Config, groups []*vigilv1.Group) []health.GroupPlan
 		plan := health.GroupPlan{
 			Name: spec.GetName(), Primary: g.GetPrimary(),
 			DownAfter: local.DownAfter.D(), StaleAfter: local.StaleAfter.D(),
+			RoleBlind: local.Probe.Type != config.ProbePostgres,
 		}
 		addrs := map[string]string{}
 		for _, m := range local.Members {
@@ -67,13 +68,13 @@ func proberFor(g config.Group, addr string) (string, func() health.Prober) {
 		pg := g.Probe.Postgres
 		key := fmt.Sprintf("postgres|%s|%s|%s|%s|%s|%s", addr, pg.User, pg.Database, pg.SSLMode, pg.PasswordFile, timeout)
 		return key, func() health.Prober {
-			password := ""
-			if pg.PasswordFile != "" {
-				// Read when the prober is built, not at config load, so a
-				// rotated password is picked up when the probe restarts.
-				if b, err := os.ReadFile(pg.PasswordFile); err == nil {
-					password = strings.TrimSpace(string(b))
-				}
+			// Read when the prober is built, not at config load, so a
+			// rotated password is picked up when the probe restarts. The
+			// file was checked at start-up (config.Validate); if it has
+			// gone since, say so rather than probe with no password.
+			password, err := config.ReadSecret(pg.PasswordFile)
+			if err != nil {
+				slog.Error("probe password unreadable; probing without it", "group", g.Name, "member", addr, "err", err)
 			}
 			return health.NewPostgresProbe(health.PostgresProbeConfig{Address: addr, User: pg.User, Database: pg.Database,
 				Password: password, SSLMode: pg.SSLMode, Timeout: timeout, ApplicationName: "vigil-health"})

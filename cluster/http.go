@@ -63,10 +63,12 @@ func (o *Observer) handleHealth(w http.ResponseWriter, _ *http.Request) {
 }
 
 // handlePrimary answers 200 only for the current primary of the current
-// epoch, for load balancers that route by health check. It answers 503
-// while a failover is between its intent and the promotion (the old
-// primary is being fenced), and on an observer that knows no leader (its
-// state may be stale: it may be on the minority side of a partition).
+// epoch that a quorum of fresh votes sees up as a writable primary, for
+// load balancers that route by health check. It answers 503 while a
+// failover is between its intent and the promotion (the old primary is
+// being fenced), for a primary that is down or fenced, and on an observer
+// that knows no leader (its state may be stale: it may be on the minority
+// side of a partition).
 func (o *Observer) handlePrimary(w http.ResponseWriter, r *http.Request) {
 	group, member := r.PathValue("group"), r.PathValue("member")
 	g, ok := o.fsm.Group(group)
@@ -82,6 +84,10 @@ func (o *Observer) handlePrimary(w http.ResponseWriter, r *http.Request) {
 		roleAnswer(w, http.StatusServiceUnavailable, fmt.Sprintf("%s is not the primary of %s (epoch %d: %s)", member, group, g.GetEpoch(), g.GetPrimary()))
 	case g.GetActiveFailover() != nil && !fsm.HasStep(g.GetActiveFailover(), fsm.StepPromoted):
 		roleAnswer(w, http.StatusServiceUnavailable, fmt.Sprintf("failover of epoch %d in progress", g.GetActiveFailover().GetEpoch()))
+	case !o.monitor.RoutablePrimary(group, member):
+		// The state alone is not enough: a primary that is down, fenced
+		// or not yet seen writable by a quorum is not routed to.
+		roleAnswer(w, http.StatusServiceUnavailable, fmt.Sprintf("%s is the primary of %s (epoch %d) but a quorum of fresh votes does not see it up as a writable primary", member, group, g.GetEpoch()))
 	default:
 		roleAnswer(w, http.StatusOK, fmt.Sprintf("%s is the primary of %s (epoch %d)", member, group, g.GetEpoch()))
 	}

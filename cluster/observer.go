@@ -71,6 +71,8 @@ type Observer struct {
 	control   *failover.Controller
 	notifiers []*hook.Notify
 	agents    *viprouter.Agents
+	leases    *leases
+	seen      *seenClock
 	bgCancel  context.CancelFunc
 
 	grpcServer *grpc.Server
@@ -117,6 +119,8 @@ func New(opts Options) (o *Observer, err error) {
 		cfg: cfg, log: logger, now: now, reg: reg,
 		metrics:    newMetrics(reg, cfg.NodeID),
 		fsm:        fsm.New(),
+		leases:     newLeases(),
+		seen:       newSeenClock(),
 		leaderWork: opts.LeaderWork,
 		notifyCh:   make(chan bool, 16),
 		// Operators pause, resume and switch over by hand: 5 per second
@@ -179,10 +183,12 @@ func New(opts Options) (o *Observer, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("start observer: %w", err)
 	}
+	kick := o.monitor.Kick
+	o.raftFSM.promoted.Store(&kick)
 	o.gossip.SetHandler(o.monitor.Receive)
 	o.gossip.SetLeaveHandler(o.monitor.Forget)
 
-	set := buildActuators(cfg, logger, o.tls)
+	set := buildActuators(o, cfg, logger, o.tls)
 	acts := set.groups
 	o.notifiers, o.agents = set.notifiers, set.agents
 	closers = append(closers, o.agents.Close)
@@ -190,7 +196,7 @@ func New(opts Options) (o *Observer, err error) {
 		Self: cfg.NodeID, Log: o, State: o.fsm, Health: o.monitor,
 		Actuators: func(group string) (failover.GroupActuators, bool) { a, ok := acts[group]; return a, ok },
 		Logger:    logger.With("component", "failover"), Metrics: failover.NewMetrics(reg), Now: now,
-		AfterStep: opts.AfterFailoverStep,
+		AfterStep: opts.AfterFailoverStep, Seen: o.seen,
 	})
 	o.leaderWork = append(o.leaderWork, o.control.Run)
 
@@ -284,7 +290,7 @@ func (o *Observer) startRaft(wrap func(raft.StreamLayer) raft.StreamLayer) error
 		_ = o.transport.Close()
 		return fmt.Errorf("read raft state in %s: %w", dir, err)
 	}
-	o.raftFSM = newRaftFSM(o.fsm, o.metrics, o.log)
+	o.raftFSM = newRaftFSM(o.fsm, o.metrics, o.log, o.seen, o.now)
 	r, err := raft.NewRaft(rc, o.raftFSM, store, store, snaps, o.transport)
 	if err != nil {
 		_ = o.transport.Close()

@@ -6,6 +6,8 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/raft"
 
@@ -14,16 +16,21 @@ import (
 
 // raftFSM adapts fsm.FSM, which knows nothing of Raft, to raft.FSM.
 type raftFSM struct {
-	f   *fsm.FSM
-	m   *metrics
-	log *slog.Logger
+	f    *fsm.FSM
+	m    *metrics
+	log  *slog.Logger
+	seen *seenClock
+	now  func() time.Time
+	// promoted, once set, is told of every committed promotion, so the
+	// health monitor probes the new primary at once.
+	promoted atomic.Pointer[func(group, member string)]
 
 	mu      sync.Mutex
 	applied chan struct{} // closed and replaced after every apply
 }
 
-func newRaftFSM(f *fsm.FSM, m *metrics, log *slog.Logger) *raftFSM {
-	return &raftFSM{f: f, m: m, log: log, applied: make(chan struct{})}
+func newRaftFSM(f *fsm.FSM, m *metrics, log *slog.Logger, seen *seenClock, now func() time.Time) *raftFSM {
+	return &raftFSM{f: f, m: m, log: log, seen: seen, now: now, applied: make(chan struct{})}
 }
 
 // signalApplied wakes everyone waiting for the applied index to move.
@@ -68,6 +75,19 @@ func (r *raftFSM) Apply(l *raft.Log) interface{} {
 		r.log.Warn("command refused by state machine", "index", l.Index, "command", res.Kind, "err", res.Err)
 	}
 	r.m.fsmApplies.WithLabelValues(res.Kind, result).Inc()
+	if res.Kind == "record_failover_step" && res.Err == nil {
+		if f := r.promoted.Load(); f != nil {
+			if g, ok := r.f.Group(res.Group); ok {
+				if a := g.GetActiveFailover(); a != nil && len(a.GetSteps()) > 0 && a.GetSteps()[len(a.GetSteps())-1].GetName() == fsm.StepPromoted {
+					(*f)(res.Group, a.GetNewPrimary())
+				}
+			}
+		}
+	}
+	if (res.Kind == "start_failover" || res.Kind == "finish_failover" || res.Kind == "set_backoff") && r.seen != nil {
+		g, _ := r.f.Group(res.Group)
+		r.seen.observe(res, g, r.now())
+	}
 	return res
 }
 

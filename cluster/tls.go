@@ -39,6 +39,11 @@ var mutating = map[string]bool{
 	"/vigil.v1.Admin/Failover":    true,
 }
 
+// observerOnly lists the admin methods only observers may call.
+var observerOnly = map[string]bool{
+	"/vigil.v1.Admin/LeasesStopped": true,
+}
+
 // tlsStreamLayer runs Raft over mutual TLS: both ends must present an
 // observer certificate signed by the cluster's CA.
 type tlsStreamLayer struct {
@@ -113,6 +118,9 @@ func (o *Observer) authorize(ctx context.Context, method string) (context.Contex
 	}
 	if mutating[method] && kind != kindOperator && kind != kindObserver {
 		return ctx, status.Errorf(codes.PermissionDenied, "%s may not call %s: the operator role is required", id, method[strings.LastIndex(method, "/")+1:])
+	}
+	if observerOnly[method] && kind != kindObserver {
+		return ctx, status.Errorf(codes.PermissionDenied, "%s may not call %s: observers only", id, method[strings.LastIndex(method, "/")+1:])
 	}
 	if kind == kindAgent {
 		return ctx, status.Errorf(codes.PermissionDenied, "%s: node agent certificates have no access to the admin API", id)

@@ -71,6 +71,10 @@ func startVIPLab(t testing.TB, syncRep bool, customize ...func(i int, o *cluster
 
 	// One node agent per database host, as a real process in its namespace.
 	dir := t.TempDir()
+	allow := []string{v.lab.Gateway}
+	for _, h := range v.dbs {
+		allow = append(allow, v.lab.IP(h))
+	}
 	for i, h := range v.dbs {
 		cfg := fmt.Sprintf(`node: %s
 listen: %s:7501
@@ -79,8 +83,14 @@ observers: [obs1, obs2, obs3]
 lease_timeout: 1s
 garp: {count: 2, interval: 50ms}
 groups:
-  - {name: pg-main, member: pg%d, vip: %s/32, interface: %s}
-`, h, v.lab.IP(h), filepath.Join(dir, h), i, v.vip, v.lab.Hosts[h].Iface)
+  - name: pg-main
+    member: pg%d
+    vip: %s/32
+    interface: %s
+    # The observers (on the gateway) and the other database hosts keep
+    # reaching the port while it is fenced: probes, SQL fence, replication.
+    database_fence: {kind: postgres, port: %d, host: 127.0.0.1, allow_from: [%s]}
+`, h, v.lab.IP(h), filepath.Join(dir, h), i, v.vip, v.lab.Hosts[h].Iface, v.pg.Nodes[i].Port, strings.Join(allow, ", "))
 		path := filepath.Join(dir, h+".yaml")
 		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)

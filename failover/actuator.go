@@ -29,13 +29,18 @@ type Action struct {
 	Started time.Time
 }
 
-// FenceResult says whether a fence method made sure the old primary can no
-// longer accept writes.
+// FenceResult says what a fence method made sure of. A failover's fence
+// step needs the database fenced and, in a group with a VIP, the traffic
+// fenced too; each method covers one or both.
 type FenceResult struct {
-	// Confirmed: the old primary is read-only, stopped, or verifiably not
-	// accepting connections.
+	// Confirmed: the old primary's database takes no writes from clients:
+	// it is read-only with its sessions terminated, stopped, verifiably
+	// not accepting connections, or cut off from every client by its
+	// host's node agent.
 	Confirmed bool
-	Detail    string
+	// Traffic: the group's VIP is verifiably off the old primary's host.
+	Traffic bool
+	Detail  string
 }
 
 // Fencer stops the old primary from accepting writes. It must be

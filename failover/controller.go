@@ -32,6 +32,27 @@ type Health interface {
 	Health(group string) []*vigilv1.MemberHealth
 	ODown(group, member string) (bool, time.Time)
 	Primary(group string) (health.PrimaryMemo, bool)
+	// RoutablePrimary: member is the expected primary and a quorum of
+	// fresh votes sees it up as a writable primary.
+	RoutablePrimary(group, member string) bool
+	// RoguePrimaries: members a fresh vote saw as a writable primary
+	// while the state names another member primary.
+	RoguePrimaries(group string) []string
+}
+
+// Seen tells how long ago this observer itself applied the command that
+// set a group's last failover ("last_failover") or back-off ("backoff"),
+// on its own monotonic clock; false when it did not see it applied live.
+// Safety waits count from events the waiting observer saw itself, so a
+// clock offset between observers cannot shorten them.
+type Seen interface {
+	Since(group, what string) (time.Duration, bool)
+}
+
+// CandidateFencer makes a standby read-only, so that a promotion that
+// completes late (after its timeout) still leaves it taking no writes.
+type CandidateFencer interface {
+	FenceCandidate(ctx context.Context, m Member) error
 }
 
 // PreFailoverCheck may veto an automatic failover.
@@ -60,12 +81,22 @@ type Unfencer interface {
 
 // GroupActuators are the actuators and policy of one group.
 type GroupActuators struct {
-	// Fencers are tried in order until one confirms.
-	Fencers   []Fencer
-	Promoter  Promoter
-	Repointer Repointer
-	Routers   []Router
-	Notifiers []Notifier
+	// Fencers run at once; the fence step needs the database fenced and,
+	// with NeedTrafficFence, the traffic too (see fence).
+	Fencers []Fencer
+	// LastResortFencers (exec hooks: IPMI, cloud API) run only when the
+	// Fencers did not cover everything.
+	LastResortFencers []Fencer
+	// NeedTrafficFence: the group has a VIP, which must be verifiably off
+	// the old primary's host before anything is promoted.
+	NeedTrafficFence bool
+	// CandidateFencer makes a candidate whose promotion failed read-only
+	// before the old primary is unfenced.
+	CandidateFencer CandidateFencer
+	Promoter        Promoter
+	Repointer       Repointer
+	Routers         []Router
+	Notifiers       []Notifier
 	// Optional.
 	PreFailover PreFailoverCheck
 	CatchUp     CatchUp
@@ -102,6 +133,12 @@ type Options struct {
 	Now       func() time.Time
 	// Tick is how often groups are examined (default 100ms).
 	Tick time.Duration
+	// Seen, when set, adds this observer's own monotonic view to the
+	// cooldown and back-off deadlines written in the state.
+	Seen Seen
+	// RerouteRetry is the pause between attempts of a failing router
+	// (default 500ms); a reroute gives up after the group's StepTimeout.
+	RerouteRetry time.Duration
 	// AfterStep, for tests, runs right after a step is committed.
 	AfterStep func(ctx context.Context, group string, epoch uint64, step string)
 }
@@ -116,12 +153,14 @@ type Controller struct {
 
 	mu      sync.Mutex
 	running map[string]bool      // groups with a failover goroutine
-	backoff map[string]time.Time // groups not to retry before then
 	status  map[string]string    // why a group is not being failed over
-	ensured map[string]time.Time // last VIP check per group
-	judged  map[string]time.Time // last eligibility refresh per group
-	runCtx  context.Context      // the current leadership's context
-	wg      *sync.WaitGroup
+	refence map[string]time.Time // last re-fence per group/member
+	// refencing: group/member re-fences in flight
+	refencing map[string]bool
+	ensured   map[string]time.Time // last VIP check per group
+	judged    map[string]time.Time // last eligibility refresh per group
+	runCtx    context.Context      // the current leadership's context
+	wg        *sync.WaitGroup
 }
 
 // NewController returns a controller; Run starts it.
@@ -138,7 +177,10 @@ func NewController(opt Options) *Controller {
 	if opt.Metrics == nil {
 		opt.Metrics = NewMetrics(nil)
 	}
-	return &Controller{opt: opt, log: opt.Logger, running: map[string]bool{}, backoff: map[string]time.Time{}, status: map[string]string{}, ensured: map[string]time.Time{}, judged: map[string]time.Time{}}
+	if opt.RerouteRetry <= 0 {
+		opt.RerouteRetry = 500 * time.Millisecond
+	}
+	return &Controller{opt: opt, log: opt.Logger, running: map[string]bool{}, status: map[string]string{}, refence: map[string]time.Time{}, refencing: map[string]bool{}, ensured: map[string]time.Time{}, judged: map[string]time.Time{}}
 }
 
 // Run examines every group each tick until ctx (the leadership) ends, and
@@ -192,8 +234,8 @@ func (c *Controller) consider(ctx context.Context, g *vigilv1.Group) {
 	name := g.GetSpec().GetName()
 	c.mu.Lock()
 	busy := c.running[name]
-	until := c.backoff[name]
 	c.mu.Unlock()
+	c.refenceRogues(ctx, g)
 	if busy {
 		return
 	}
@@ -211,17 +253,18 @@ func (c *Controller) consider(ctx context.Context, g *vigilv1.Group) {
 		c.refreshEligibility(g)
 		return
 	}
-	now := c.opt.Now()
 	switch {
 	case g.GetPaused():
 		c.setStatus(name, "paused: primary "+primary+" is ODOWN but the group is in maintenance")
 		return
-	case g.GetLastFailoverAt() != nil && now.Before(g.GetLastFailoverAt().AsTime().Add(time.Duration(g.GetSpec().GetCooldownMs())*time.Millisecond)):
-		end := g.GetLastFailoverAt().AsTime().Add(time.Duration(g.GetSpec().GetCooldownMs()) * time.Millisecond)
-		c.setStatus(name, fmt.Sprintf("cooldown: primary %s is ODOWN, last failover at %s, no automatic failover before %s",
-			primary, g.GetLastFailoverAt().AsTime().UTC().Format(time.RFC3339), end.UTC().Format(time.RFC3339)))
+	}
+	if left := c.cooldownLeft(g); left > 0 {
+		c.setStatus(name, fmt.Sprintf("cooldown: primary %s is ODOWN, last failover at %s, no automatic failover for another %s",
+			primary, g.GetLastFailoverAt().AsTime().UTC().Format(time.RFC3339), left.Round(time.Second)))
 		return
-	case now.Before(until):
+	}
+	if left := c.backoffLeft(g); left > 0 {
+		c.setStatus(name, fmt.Sprintf("back-off: primary %s is ODOWN, no automatic failover for another %s (%s)", primary, left.Round(100*time.Millisecond), g.GetBackoffReason()))
 		return
 	}
 	acts, ok := c.opt.Actuators(name)
@@ -242,9 +285,11 @@ func (c *Controller) consider(ctx context.Context, g *vigilv1.Group) {
 		err := acts.PreFailover.Check(hctx, action)
 		cancel()
 		if err != nil {
-			c.mu.Lock()
-			c.backoff[name] = now.Add(acts.VetoBackoff)
-			c.mu.Unlock()
+			reason := fmt.Sprintf("pre_failover hook vetoed failover to %s: %v", cand.Name, err)
+			if _, perr := c.opt.Log.Propose(ctx, &vigilv1.Command{Actor: c.opt.Self, Cmd: &vigilv1.Command_SetBackoff{SetBackoff: &vigilv1.SetBackoff{
+				Group: name, DurationMs: acts.VetoBackoff.Milliseconds(), Reason: truncate(reason, 400)}}}); perr != nil {
+				c.log.Warn("could not commit the veto back-off", "group", name, "err", perr)
+			}
 			c.opt.Metrics.failovers.WithLabelValues(name, fsm.KindFailover, "vetoed").Inc()
 			c.setStatus(name, fmt.Sprintf("pre_failover hook vetoed failover to %s (retry after %s): %v", cand.Name, acts.VetoBackoff, err))
 			c.notify(ctx, acts, action, "pre_failover", "vetoed", err.Error())
@@ -267,6 +312,11 @@ func (c *Controller) ensureVIP(ctx context.Context, g *vigilv1.Group) {
 	name := g.GetSpec().GetName()
 	acts, ok := c.opt.Actuators(name)
 	if !ok || acts.VIPEnsure == nil {
+		return
+	}
+	if !c.opt.Health.RoutablePrimary(name, g.GetPrimary()) {
+		// Never place the VIP on a member a quorum does not see as a
+		// writable primary (down, fenced, or not yet judged).
 		return
 	}
 	if !c.due(c.ensured, name, 2*time.Second) {
@@ -471,14 +521,18 @@ func (c *Controller) run(ctx context.Context, group string, epoch uint64) error 
 		if abort != "" {
 			c.opt.Metrics.failovers.WithLabelValues(group, a.GetKind(), "aborted").Inc()
 			c.notify(ctx, acts, action, step, "aborted", abort)
-			c.mu.Lock()
-			c.backoff[group] = c.opt.Now().Add(acts.VetoBackoff)
-			c.mu.Unlock()
-			return c.finish(ctx, action, a, fsm.OutcomeAborted, abort)
+			c.log.Error("failover aborted", "group", group, "epoch", epoch, "step", step, "why", abort)
+			return c.finishWith(ctx, action, a, fsm.OutcomeAborted, abort, acts.VetoBackoff)
+		}
+		failed := false
+		if strings.HasPrefix(detail, stepFailedPrefix) {
+			failed = true
+			c.opt.Metrics.stepFailures.WithLabelValues(group, step).Inc()
+			c.log.Error("failover step failed; going on", "group", group, "epoch", epoch, "step", step, "detail", detail)
 		}
 		took := c.opt.Now().Sub(start)
 		_, err = c.opt.Log.Propose(ctx, &vigilv1.Command{Actor: c.opt.Self, Cmd: &vigilv1.Command_RecordFailoverStep{RecordFailoverStep: &vigilv1.RecordFailoverStep{
-			Group: group, Epoch: epoch, Step: &vigilv1.FailoverStep{Name: step, Detail: detail, DurationMs: took.Milliseconds()}}}})
+			Group: group, Epoch: epoch, Step: &vigilv1.FailoverStep{Name: step, Detail: detail, DurationMs: took.Milliseconds(), Failed: failed}}}})
 		if err != nil {
 			return fmt.Errorf("commit step %s of epoch %d: %w", step, epoch, err)
 		}
@@ -518,25 +572,10 @@ func (c *Controller) do(ctx context.Context, g *vigilv1.Group, acts GroupActuato
 				return "", "", ctx.Err()
 			}
 		}
-		c.unfence(ctx, acts, a)
-		return "", fmt.Sprintf("promotion of %s failed: %v", a.New.Name, last), nil
+		detail, abort := c.promotionFailed(ctx, acts, a, last)
+		return detail, abort, nil
 	case fsm.StepRerouted:
-		if len(acts.Routers) == 0 {
-			return "no router configured", "", nil
-		}
-		var notes []string
-		for _, r := range acts.Routers {
-			rctx, cancel := context.WithTimeout(ctx, acts.StepTimeout)
-			err := r.Route(rctx, a)
-			cancel()
-			if err != nil {
-				notes = append(notes, err.Error())
-			}
-		}
-		if len(notes) > 0 {
-			return "routing errors: " + strings.Join(notes, "; "), "", nil
-		}
-		return "traffic routed to " + a.New.Name, "", nil
+		return c.reroute(ctx, acts, a)
 	case fsm.StepStandbysRepointed:
 		var ok, failed []string
 		for _, m := range g.GetSpec().GetMembers() {
@@ -561,69 +600,13 @@ func (c *Controller) do(ctx context.Context, g *vigilv1.Group, acts GroupActuato
 	return "", "", fmt.Errorf("unknown step %q", step)
 }
 
-// fence tries each fencer in order until one confirms; for a switchover it
-// then waits until the new primary has replayed everything.
-func (c *Controller) fence(ctx context.Context, acts GroupActuators, a Action) (detail, abort string, err error) {
-	var notes []string
-	confirmed := false
-	for _, f := range acts.Fencers {
-		fctx, cancel := context.WithTimeout(ctx, acts.StepTimeout)
-		res, ferr := f.Fence(fctx, a)
-		cancel()
-		if ferr != nil {
-			notes = append(notes, ferr.Error())
-		} else if res.Detail != "" {
-			notes = append(notes, res.Detail)
-		}
-		if res.Confirmed {
-			confirmed = true
-			break
-		}
-	}
-	result := "confirmed"
-	if !confirmed {
-		result = "unconfirmed"
-	}
-	c.opt.Metrics.fences.WithLabelValues(a.Group, result).Inc()
-	detail = strings.Join(notes, "; ")
-	if !confirmed {
-		if !acts.BestEffortFence || a.Kind == fsm.KindSwitchover {
-			c.opt.Metrics.fenceFailures.WithLabelValues(a.Group).Inc()
-			return "", "no fence method confirmed the old primary cannot take writes (fence: strict): " + detail, nil
-		}
-		detail = "UNCONFIRMED (fence: best_effort): " + detail
-	}
-	if a.Kind == fsm.KindSwitchover && acts.CatchUp != nil {
-		cctx, cancel := context.WithTimeout(ctx, acts.StepTimeout)
-		defer cancel()
-		lsn, _, err := acts.CatchUp.CurrentLSN(cctx, a.Old)
-		if err != nil {
-			c.unfence(ctx, acts, a)
-			return "", "switchover: cannot read the old primary's final WAL position: " + err.Error(), nil
-		}
-		if err := acts.CatchUp.WaitReplayed(cctx, a.New, lsn); err != nil {
-			c.unfence(ctx, acts, a)
-			return "", fmt.Sprintf("switchover: %s did not replay up to %X/%X: %v", a.New.Name, lsn>>32, uint32(lsn), err), nil
-		}
-		detail += fmt.Sprintf("; %s caught up to %X/%X", a.New.Name, lsn>>32, uint32(lsn))
-	}
-	return detail, "", nil
-}
-
-// unfence lets the old primary take writes again after an abort, when it
-// was fenced by a reversible method.
-func (c *Controller) unfence(ctx context.Context, acts GroupActuators, a Action) {
-	if acts.Unfencer == nil {
-		return
-	}
-	uctx, cancel := context.WithTimeout(ctx, acts.StepTimeout)
-	defer cancel()
-	if err := acts.Unfencer.Unfence(uctx, a.Old); err != nil {
-		c.log.Warn("could not unfence the old primary after abort", "group", a.Group, "member", a.Old.Name, "err", err)
-	}
-}
-
 func (c *Controller) finish(ctx context.Context, a Action, f *vigilv1.Failover, outcome, detail string) error {
+	return c.finishWith(ctx, a, f, outcome, detail, 0)
+}
+
+// finishWith commits the outcome; an abort also commits a back-off, so
+// that a new leader does not retry at once.
+func (c *Controller) finishWith(ctx context.Context, a Action, f *vigilv1.Failover, outcome, detail string, backoff time.Duration) error {
 	if outcome == fsm.OutcomeCompleted {
 		total := c.opt.Now().Sub(f.GetStartedAt().AsTime())
 		if f.GetOdownAt() != nil {
@@ -634,7 +617,7 @@ func (c *Controller) finish(ctx context.Context, a Action, f *vigilv1.Failover, 
 		c.opt.Metrics.failovers.WithLabelValues(a.Group, f.GetKind(), "completed").Inc()
 	}
 	_, err := c.opt.Log.Propose(ctx, &vigilv1.Command{Actor: c.opt.Self, Cmd: &vigilv1.Command_FinishFailover{FinishFailover: &vigilv1.FinishFailover{
-		Group: a.Group, Epoch: a.Epoch, Outcome: outcome, Detail: detail}}})
+		Group: a.Group, Epoch: a.Epoch, Outcome: outcome, Detail: truncate(detail, 2000), BackoffMs: backoff.Milliseconds()}}})
 	if err != nil {
 		return fmt.Errorf("commit %s of epoch %d: %w", outcome, a.Epoch, err)
 	}

@@ -16,6 +16,8 @@ type Metrics struct {
 	fenceFailures *prometheus.CounterVec
 	noCandidate   *prometheus.CounterVec
 	eligible      *prometheus.GaugeVec
+	stepFailures  *prometheus.CounterVec
+	refences      *prometheus.CounterVec
 }
 
 // NewMetrics creates the metrics and registers them with reg (if not nil).
@@ -44,9 +46,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		eligible: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "vigil_candidate_eligible", Help: "1 if the member may be promoted automatically now, as the leader judged it last.",
 		}, []string{"group", "member"}),
+		stepFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_failover_step_failures_total", Help: "Failover steps recorded as failed after their retry budget (e.g. no router could move the traffic), by group and step.",
+		}, []string{"group", "step"}),
+		refences: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_refences_total", Help: "Members fenced again because a fresh vote saw them take writes while another member is primary, by group, member and result.",
+		}, []string{"group", "member", "result"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.failovers, m.duration, m.stepDuration, m.fences, m.fenceFailures, m.noCandidate, m.eligible)
+		reg.MustRegister(m.failovers, m.duration, m.stepDuration, m.fences, m.fenceFailures, m.noCandidate, m.eligible, m.stepFailures, m.refences)
 	}
 	return m
 }

@@ -3,8 +3,10 @@ package fsm
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	vigilv1 "github.com/vigilha/vigil/proto/vigil/v1"
 )
@@ -153,9 +155,15 @@ func (f *FSM) applyFinishFailover(index uint64, cmd *vigilv1.Command, c *vigilv1
 	default:
 		return fmt.Errorf("finish_failover: %w: outcome %q", ErrInvalidCommand, c.GetOutcome())
 	}
+	if c.GetBackoffMs() < 0 {
+		return fmt.Errorf("finish_failover: %w: negative backoff_ms %d", ErrInvalidCommand, c.GetBackoffMs())
+	}
 	a.Outcome = c.GetOutcome()
 	a.OutcomeDetail = c.GetDetail()
 	a.FinishedAt = cmd.GetAt()
+	if c.GetOutcome() == OutcomeAborted && c.GetBackoffMs() > 0 {
+		setBackoff(g, cmd, c.GetBackoffMs(), fmt.Sprintf("failover of epoch %d aborted: %s", a.GetEpoch(), c.GetDetail()))
+	}
 	g.ActiveFailover = nil
 	g.Failovers = append(g.Failovers, a)
 	if over := len(g.Failovers) - DefaultFailoverLimit; over > 0 {
@@ -167,5 +175,43 @@ func (f *FSM) applyFinishFailover(index uint64, cmd *vigilv1.Command, c *vigilv1
 		kind = EventFailoverAborted
 	}
 	f.record(g, index, cmd, kind, fmt.Sprintf("epoch %d: %s", a.GetEpoch(), c.GetDetail()))
+	return nil
+}
+
+// EventBackoff is the history kind of a back-off set or cleared.
+const EventBackoff = "backoff"
+
+// setBackoff holds automatic failovers of g off for ms from the command's
+// time; 0 clears. The deadline is kept both as a wall-clock time (for
+// display, and for an observer that did not see the command applied
+// live) and as the duration, so that each observer can also count it on
+// its own monotonic clock from when it applied the command.
+func setBackoff(g *vigilv1.Group, cmd *vigilv1.Command, ms int64, reason string) {
+	if ms == 0 {
+		g.BackoffUntil, g.BackoffReason, g.BackoffMs, g.BackoffSetAt = nil, "", 0, nil
+		return
+	}
+	at := cmd.GetAt().AsTime()
+	g.BackoffUntil = timestamppb.New(at.Add(time.Duration(ms) * time.Millisecond))
+	g.BackoffReason = reason
+	g.BackoffMs = ms
+	g.BackoffSetAt = cmd.GetAt()
+}
+
+func (f *FSM) applySetBackoff(index uint64, cmd *vigilv1.Command, c *vigilv1.SetBackoff) error {
+	g, ok := f.groups[c.GetGroup()]
+	if !ok {
+		return fmt.Errorf("set_backoff: %w: %q", ErrGroupNotFound, c.GetGroup())
+	}
+	if c.GetDurationMs() < 0 {
+		return fmt.Errorf("set_backoff: %w: negative duration_ms %d", ErrInvalidCommand, c.GetDurationMs())
+	}
+	setBackoff(g, cmd, c.GetDurationMs(), c.GetReason())
+	g.UpdatedAt = cmd.GetAt()
+	detail := "cleared"
+	if c.GetDurationMs() > 0 {
+		detail = fmt.Sprintf("no automatic failover for %s: %s", time.Duration(c.GetDurationMs())*time.Millisecond, c.GetReason())
+	}
+	f.record(g, index, cmd, EventBackoff, detail)
 	return nil
 }

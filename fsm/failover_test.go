@@ -96,3 +96,32 @@ func TestStartFailoverRefusesBadInput(t *testing.T) {
 		t.Fatalf("refused starts changed the group: %v", g)
 	}
 }
+
+func TestBackoffIsReplicated(t *testing.T) {
+	f := New()
+	mustApply(t, f, 1, syncCmd(t0, spec("pg-main", "db1", "db2", "db3")))
+	mustApply(t, f, 2, startCmd(1, "db1", "db2"))
+	abort := finishCmd(1, OutcomeAborted)
+	abort.GetFinishFailover().BackoffMs = 30_000
+	mustApply(t, f, 3, abort)
+	g, _ := f.Group("pg-main")
+	want := t0.Add(12*time.Second + 30*time.Second)
+	if !g.GetBackoffUntil().AsTime().Equal(want) || g.GetBackoffMs() != 30_000 || g.GetBackoffReason() == "" {
+		t.Fatalf("back-off after abort: until %v (want %v), ms %d, reason %q", g.GetBackoffUntil().AsTime(), want, g.GetBackoffMs(), g.GetBackoffReason())
+	}
+	veto := &vigilv1.Command{At: timestamppb.New(t0.Add(20 * time.Second)), Actor: "obs1",
+		Cmd: &vigilv1.Command_SetBackoff{SetBackoff: &vigilv1.SetBackoff{Group: "pg-main", DurationMs: 5000, Reason: "vetoed"}}}
+	mustApply(t, f, 4, veto)
+	g, _ = f.Group("pg-main")
+	if !g.GetBackoffUntil().AsTime().Equal(t0.Add(25*time.Second)) || g.GetBackoffReason() != "vetoed" {
+		t.Fatalf("back-off after veto: %v %q", g.GetBackoffUntil().AsTime(), g.GetBackoffReason())
+	}
+	bad := &vigilv1.Command{At: timestamppb.New(t0), Cmd: &vigilv1.Command_SetBackoff{SetBackoff: &vigilv1.SetBackoff{Group: "pg-main", DurationMs: -1}}}
+	b, _ := Encode(bad)
+	if res := f.Apply(5, b); !errors.Is(res.Err, ErrInvalidCommand) {
+		t.Fatalf("negative back-off: %v", res.Err)
+	}
+	if g2, _ := f.Group("pg-main"); g2.GetBackoffMs() != 5000 {
+		t.Fatal("a refused command changed the back-off")
+	}
+}

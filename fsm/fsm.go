@@ -38,6 +38,8 @@ type Result struct {
 	Index uint64
 	// Kind names the command ("sync_groups", …) for metrics and logs.
 	Kind string
+	// Group is the group the command names, if it names one.
+	Group string
 	// Err is non-nil when the command was refused; the state is unchanged.
 	Err error
 }
@@ -88,6 +90,7 @@ func (f *FSM) Apply(index uint64, data []byte) Result {
 		res.Err = fmt.Errorf("command at index %d: %w: missing timestamp", index, ErrInvalidCommand)
 		return res
 	}
+	res.Group = groupOf(&cmd)
 	switch c := cmd.Cmd.(type) {
 	case *vigilv1.Command_SyncGroups:
 		res.Kind = "sync_groups"
@@ -104,6 +107,9 @@ func (f *FSM) Apply(index uint64, data []byte) Result {
 	case *vigilv1.Command_FinishFailover:
 		res.Kind = "finish_failover"
 		res.Err = f.applyFinishFailover(index, &cmd, c.FinishFailover)
+	case *vigilv1.Command_SetBackoff:
+		res.Kind = "set_backoff"
+		res.Err = f.applySetBackoff(index, &cmd, c.SetBackoff)
 	default:
 		// A newer observer's command: skippable only when it says so.
 		if cmd.GetIgnoreUnknown() {
@@ -113,6 +119,23 @@ func (f *FSM) Apply(index uint64, data []byte) Result {
 		res.Err = fmt.Errorf("command at index %d: %w: unknown command type", index, ErrInvalidCommand)
 	}
 	return res
+}
+
+// groupOf names the group a command is about ("" for sync_groups).
+func groupOf(cmd *vigilv1.Command) string {
+	switch c := cmd.Cmd.(type) {
+	case *vigilv1.Command_SetPaused:
+		return c.SetPaused.GetGroup()
+	case *vigilv1.Command_StartFailover:
+		return c.StartFailover.GetGroup()
+	case *vigilv1.Command_RecordFailoverStep:
+		return c.RecordFailoverStep.GetGroup()
+	case *vigilv1.Command_FinishFailover:
+		return c.FinishFailover.GetGroup()
+	case *vigilv1.Command_SetBackoff:
+		return c.SetBackoff.GetGroup()
+	}
+	return ""
 }
 
 func (f *FSM) advance(index uint64) {

@@ -60,6 +60,10 @@ type MemberState struct {
 	// from configured observers, one per observer); FreshVotes includes
 	// unknown verdicts.
 	DownVotes, UpVotes, FreshVotes int
+	// PrimaryVotes counts the counted votes that saw the member up as a
+	// writable primary (PostgreSQL: not in recovery, and new sessions not
+	// read-only, so not fenced by vigil).
+	PrimaryVotes int
 	// Quorum is the effective quorum used.
 	Quorum int
 	// SDown is true when this observer's own counted vote says down.
@@ -109,6 +113,9 @@ func Aggregate(self string, votes []Vote, p Params, prev MemberState, now time.T
 			}
 		case VerdictUp:
 			s.UpVotes++
+			if v.Role == RolePrimary && !v.ReadOnly {
+				s.PrimaryVotes++
+			}
 		}
 	}
 
@@ -128,6 +135,10 @@ func Aggregate(self string, votes []Vote, p Params, prev MemberState, now time.T
 	}
 	return s
 }
+
+// PrimaryQuorum reports whether at least Quorum counted votes saw the
+// member up as a writable primary: what routing clients to it requires.
+func (s MemberState) PrimaryQuorum() bool { return s.Quorum > 0 && s.PrimaryVotes >= s.Quorum }
 
 // fresh reports whether a vote observed at t still counts at now. A vote
 // from further in the future than maxAge comes from a broken clock and

@@ -52,6 +52,9 @@ type GroupPlan struct {
 	DownAfter  time.Duration
 	StaleAfter time.Duration
 	Members    []MemberPlan
+	// RoleBlind: the group's probe cannot tell roles (TCP, HTTP), so a
+	// primary that a quorum sees up is as routable as it gets.
+	RoleBlind bool
 }
 
 // MemberPlan is one member to probe.
@@ -343,17 +346,19 @@ func (m *Monitor) evaluate() {
 	now := m.now()
 	m.mu.Lock()
 	var changes []Change
+	var rogue []*vigilv1.MemberHealth
 	for _, g := range m.plans {
-		params := Params{Observers: m.cfg.Observers, Quorum: m.cfg.Quorum, StaleAfter: g.StaleAfter, DownAfter: g.DownAfter}
+		params := m.paramsFor(g)
 		for _, mp := range g.Members {
 			k := memberKey{g.Name, mp.Name}
 			votes := m.book.Votes(g.Name, mp.Name)
 			ev := m.evals[k]
 			var prev MemberState
-			prevState := ""
+			prevState, prevRogue := "", false
 			if ev != nil {
 				prev = ev.state
 				prevState = ev.health.GetState()
+				prevRogue = ev.health.GetRoguePrimary()
 			}
 			st := Aggregate(m.cfg.Self, votes, params, prev, now)
 			h := m.memberHealth(g, mp.Name, st, votes, params, now)
@@ -362,6 +367,9 @@ func (m *Monitor) evaluate() {
 			if h.GetState() != prevState {
 				changes = append(changes, Change{At: now, Previous: prevState, Health: h})
 			}
+			if h.GetRoguePrimary() != prevRogue {
+				rogue = append(rogue, h)
+			}
 		}
 	}
 	subs := make([]chan Change, 0, len(m.subs))
@@ -369,6 +377,15 @@ func (m *Monitor) evaluate() {
 		subs = append(subs, ch)
 	}
 	m.mu.Unlock()
+	for _, h := range rogue {
+		if h.GetRoguePrimary() {
+			m.log.Warn("member answers as primary while the replicated state expects a standby", "group", h.GetGroup(),
+				"member", h.GetMember(), "summary", h.GetSummary())
+		} else {
+			m.log.Info("member no longer seen as a rogue primary", "group", h.GetGroup(), "member", h.GetMember(),
+				"summary", h.GetSummary())
+		}
+	}
 	for _, c := range changes {
 		if c.Previous != "" {
 			m.log.Info("member state changed", "group", c.Health.GetGroup(), "member", c.Health.GetMember(),
@@ -394,6 +411,8 @@ func (m *Monitor) memberHealth(g GroupPlan, member string, st MemberState, votes
 	if member == g.Primary {
 		h.ExpectedRole = RolePrimary.String()
 	}
+	h.PrimaryQuorum = routable(g, st)
+	h.RoguePrimary = member != g.Primary && st.PrimaryVotes > 0
 	if !st.DownSince.IsZero() {
 		h.DownSince = timestamppb.New(st.DownSince)
 	}
@@ -437,10 +456,74 @@ func (m *Monitor) memberHealth(g GroupPlan, member string, st MemberState, votes
 		h.State = StateUnknown
 		h.Summary = "no fresh votes"
 	}
-	if h.RoleSeen != RoleUnknown.String() && h.RoleSeen != h.ExpectedRole && h.State == StateUp {
+	switch {
+	case h.RoguePrimary:
+		h.Summary += fmt.Sprintf("; ROGUE PRIMARY: writable primary on %d of %d, expected %s", st.PrimaryVotes, len(p.Observers), h.ExpectedRole)
+	case h.RoleSeen != RoleUnknown.String() && h.RoleSeen != h.ExpectedRole && h.State == StateUp:
 		h.Summary += fmt.Sprintf("; seen as %s, expected %s", h.RoleSeen, h.ExpectedRole)
 	}
 	return h
+}
+
+// paramsFor returns the aggregation settings of a group.
+func (m *Monitor) paramsFor(g GroupPlan) Params {
+	return Params{Observers: m.cfg.Observers, Quorum: m.cfg.Quorum, StaleAfter: g.StaleAfter, DownAfter: g.DownAfter}
+}
+
+// stateNowLocked aggregates a member's votes as they are at now. Only the
+// vote counts are meaningful: the down streak (DownSince, ODown) needs
+// the evaluation history, which this does not touch. m.mu must be held.
+func (m *Monitor) stateNowLocked(g GroupPlan, member string, now time.Time) MemberState {
+	return Aggregate(m.cfg.Self, m.book.Votes(g.Name, member), m.paramsFor(g), MemberState{}, now)
+}
+
+// RoutablePrimary reports whether clients may be routed to member as the
+// writable primary of group now: the plan the monitor has names it the
+// group's primary, and at least the effective quorum of configured
+// observers hold fresh votes (freshness judged now, not at the last
+// evaluation) that saw it up as a writable primary (not in recovery, not
+// read-only). Anything else, an unknown group or member included, is
+// false.
+func (m *Monitor) RoutablePrimary(group, member string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	g, ok := m.plans[group]
+	if !ok || member == "" || member != g.Primary || !slices.ContainsFunc(g.Members, func(mp MemberPlan) bool { return mp.Name == member }) {
+		return false
+	}
+	return routable(g, m.stateNowLocked(g, member, m.now()))
+}
+
+// routable: a quorum sees the member up as a writable primary, or merely
+// up when the group's probe cannot tell roles.
+func routable(g GroupPlan, st MemberState) bool {
+	if g.RoleBlind {
+		return st.Quorum > 0 && st.UpVotes >= st.Quorum
+	}
+	return st.PrimaryQuorum()
+}
+
+// RoguePrimaries returns, sorted, the members of group that the plan
+// expects to be standbys but that at least one fresh vote (freshness
+// judged now) saw up as a writable primary: they must be fenced again and
+// never routed. One vote is enough, for safety; a primary fenced read-only
+// is not writable and not rogue. Nil for an unknown group.
+func (m *Monitor) RoguePrimaries(group string) []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	g, ok := m.plans[group]
+	if !ok {
+		return nil
+	}
+	now := m.now()
+	var out []string
+	for _, mp := range g.Members {
+		if mp.Name != g.Primary && m.stateNowLocked(g, mp.Name, now).PrimaryVotes > 0 {
+			out = append(out, mp.Name)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // Health returns the latest aggregate of every member of a group (all

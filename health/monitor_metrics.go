@@ -21,6 +21,7 @@ type monitorMetrics struct {
 	voteAge         *prometheus.GaugeVec
 	odown           *prometheus.GaugeVec
 	downVotes       *prometheus.GaugeVec
+	roguePrimary    *prometheus.GaugeVec
 	packetsSent     prometheus.Counter
 	votesSent       prometheus.Counter
 	packetsReceived prometheus.Counter
@@ -57,6 +58,9 @@ func newMonitorMetrics(reg prometheus.Registerer) (*monitorMetrics, error) {
 		downVotes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "vigil_member_down_votes", Help: "Fresh down votes about a member.",
 		}, gm),
+		roguePrimary: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "vigil_rogue_primary", Help: "1 while a fresh vote sees a member the replicated state expects to be a standby answer as a writable primary (it is fenced again and never routed), 0 otherwise.",
+		}, gm),
 		packetsSent:     prometheus.NewCounter(prometheus.CounterOpts{Name: "vigil_gossip_vote_packets_sent_total", Help: "Vote packets this observer sent to its peers (each packet counted once, not per peer)."}),
 		votesSent:       prometheus.NewCounter(prometheus.CounterOpts{Name: "vigil_gossip_votes_sent_total", Help: "Own votes sent by gossip."}),
 		packetsReceived: prometheus.NewCounter(prometheus.CounterOpts{Name: "vigil_gossip_vote_packets_received_total", Help: "Well-formed vote packets received from other observers."}),
@@ -70,7 +74,7 @@ func newMonitorMetrics(reg prometheus.Registerer) (*monitorMetrics, error) {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.probeDuration, m.probeErrors, m.lagBytes, m.lagSeconds, m.verdict, m.voteAge,
-		m.odown, m.downVotes, m.packetsSent, m.votesSent, m.packetsReceived, m.votesReceived, m.dropped, m.watchDropped} {
+		m.odown, m.downVotes, m.roguePrimary, m.packetsSent, m.votesSent, m.packetsReceived, m.votesReceived, m.dropped, m.watchDropped} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register health metrics: %w", err)
 		}
@@ -101,6 +105,11 @@ func (m *monitorMetrics) observeEval(h *vigilv1.MemberHealth, votes []Vote, p Pa
 	}
 	m.odown.WithLabelValues(g, mem).Set(odown)
 	m.downVotes.WithLabelValues(g, mem).Set(float64(h.GetDownVotes()))
+	rogue := 0.0
+	if h.GetRoguePrimary() {
+		rogue = 1
+	}
+	m.roguePrimary.WithLabelValues(g, mem).Set(rogue)
 	for _, v := range votes {
 		if !slices.Contains(p.Observers, v.Observer) {
 			continue
@@ -120,7 +129,7 @@ func (m *monitorMetrics) observeEval(h *vigilv1.MemberHealth, votes []Vote, p Pa
 }
 
 func (m *monitorMetrics) forgetMember(group, member string, observers []string) {
-	for _, vec := range []*prometheus.GaugeVec{m.lagBytes, m.lagSeconds, m.odown, m.downVotes} {
+	for _, vec := range []*prometheus.GaugeVec{m.lagBytes, m.lagSeconds, m.odown, m.downVotes, m.roguePrimary} {
 		vec.DeleteLabelValues(group, member)
 	}
 	for _, o := range observers {

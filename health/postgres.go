@@ -120,10 +120,11 @@ func (p *PostgresProbe) Probe(ctx context.Context) Result {
 	defer conn.Close(ctx)
 
 	var inRecovery bool
-	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil {
+	var readOnly string
+	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')").Scan(&inRecovery, &readOnly); err != nil {
 		return downResult(ctx, start, err)
 	}
-	r := Result{Verdict: VerdictUp, Role: RolePrimary, At: start}
+	r := Result{Verdict: VerdictUp, Role: RolePrimary, At: start, ReadOnly: !inRecovery && readOnly == "on"}
 	if inRecovery {
 		r.Role = RoleStandby
 		err = readStandby(ctx, conn, &r)

@@ -71,6 +71,10 @@ type Result struct {
 	// Role is the role actually seen; a member in the other role than
 	// expected is still Up.
 	Role Role
+	// ReadOnly: a primary whose new sessions start read-only
+	// (default_transaction_read_only = on, e.g. fenced by vigil). Such a
+	// primary is up but takes no ordinary writes.
+	ReadOnly bool
 	// Err describes why the probe failed. It may also be set with
 	// VerdictUp when the member answered but optional details (WAL
 	// positions, replication rows) could not be read.

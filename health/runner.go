@@ -45,6 +45,7 @@ type worker struct {
 	target Target
 	cancel context.CancelFunc
 	done   chan struct{}
+	kick   chan struct{} // probe now (buffered 1)
 }
 
 // NewRunner returns a Runner for targets. sink is called from many
@@ -194,9 +195,26 @@ func sameTarget(a, b Target) bool {
 	return ta == tb && ta.Comparable() && a.Prober == b.Prober
 }
 
+// Kick makes the target's worker probe now instead of at its next tick
+// (e.g. right after a promotion, so the new primary's writable votes
+// arrive without waiting up to one interval). Never blocks; a no-op for
+// an unknown target or when Run is not running.
+func (r *Runner) Kick(group, member string) {
+	r.mu.Lock()
+	w := r.workers[targetKey{group, member}]
+	r.mu.Unlock()
+	if w == nil {
+		return
+	}
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+}
+
 func (r *Runner) startLocked(k targetKey, t Target) {
 	ctx, cancel := context.WithCancel(r.runCtx)
-	w := &worker{target: t, cancel: cancel, done: make(chan struct{})}
+	w := &worker{target: t, cancel: cancel, done: make(chan struct{}), kick: make(chan struct{}, 1)}
 	r.workers[k] = w
 	go r.loop(ctx, w)
 }
@@ -216,6 +234,8 @@ func (r *Runner) loop(ctx context.Context, w *worker) {
 		case <-ctx.Done():
 			return
 		case <-timer.C:
+		case <-w.kick:
+			timer.Stop() // Go ≥ 1.23: no stale tick after Stop
 		}
 		start := time.Now()
 		res := r.probeOnce(ctx, t, log)

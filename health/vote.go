@@ -11,6 +11,8 @@ type Vote struct {
 	Observer, Group, Member string
 	Verdict                 Verdict
 	Role                    Role
+	// ReadOnly: a primary that starts new sessions read-only (fenced).
+	ReadOnly bool
 	// ReplayLSN is a standby's replay position, or a primary's current
 	// WAL position.
 	ReplayLSN uint64
@@ -36,6 +38,7 @@ func VoteFromResult(observer, group, member string, r Result, seq uint64) Vote {
 		Member:     member,
 		Verdict:    r.Verdict,
 		Role:       r.Role,
+		ReadOnly:   r.ReadOnly,
 		ReplayLSN:  lsn,
 		LagBytes:   r.LagBytes,
 		ObservedAt: r.At,

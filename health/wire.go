@@ -83,7 +83,7 @@ func toWire(v Vote, now time.Time) *vigilv1.WireVote {
 		Group: v.Group, Member: v.Member,
 		Verdict: verdictToWire(v.Verdict), Role: roleToWire(v.Role),
 		WalLsn: v.ReplayLSN, LagBytes: v.LagBytes,
-		AgeMs: uint32(age / time.Millisecond), Sequence: v.Sequence,
+		AgeMs: uint32(age / time.Millisecond), Sequence: v.Sequence, ReadOnly: v.ReadOnly,
 	}
 }
 
@@ -126,7 +126,7 @@ func DecodeVotes(b []byte, now time.Time) (string, []Vote, error) {
 		}
 		votes = append(votes, Vote{
 			Observer: batch.GetObserver(), Group: w.GetGroup(), Member: w.GetMember(),
-			Verdict: verdict, Role: role, ReplayLSN: w.GetWalLsn(), LagBytes: w.GetLagBytes(),
+			Verdict: verdict, Role: role, ReadOnly: w.GetReadOnly(), ReplayLSN: w.GetWalLsn(), LagBytes: w.GetLagBytes(),
 			ObservedAt: now.Add(-age), Sequence: w.GetSequence(),
 		})
 	}

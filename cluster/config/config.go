@@ -216,8 +216,9 @@ type PostgresProbe struct {
 	// Database is the database the probe connects to.
 	Database string `yaml:"database"`
 	// PasswordFile is optional; Load resolves a relative path against the
-	// config file's directory. It is read by the probe, not here, so that
-	// password rotation needs no restart.
+	// config file's directory. Validate requires it to be a readable
+	// regular file; its content is read (ReadSecret) when the probe is
+	// built, not here, so that password rotation needs no restart.
 	PasswordFile string `yaml:"password_file,omitempty"`
 	// SSLMode is a libpq sslmode.
 	SSLMode string `yaml:"sslmode"`

@@ -72,8 +72,10 @@ type HAProxyRouter struct {
 
 // PostgresActuator is how vigil acts on PostgreSQL members.
 type PostgresActuator struct {
-	User         string `yaml:"user"`
-	Database     string `yaml:"database"`
+	User     string `yaml:"user"`
+	Database string `yaml:"database"`
+	// PasswordFile is optional, resolved like probe.postgres.password_file
+	// and, like it, must be a readable regular file (Validate).
 	PasswordFile string `yaml:"password_file,omitempty"`
 	SSLMode      string `yaml:"sslmode"`
 	// ReplicationUser is written into re-pointed standbys' primary_conninfo.
@@ -181,6 +183,7 @@ func (f *Failover) validate(v *validator, field, kind string, g *Group) {
 		} else {
 			v.oneOf(field+".postgres.sslmode", f.Postgres.SSLMode, sslModes)
 		}
+		v.secretFile(field+".postgres.password_file", f.Postgres.PasswordFile)
 	}
 	for i, dc := range f.AllowedDatacenters {
 		if dc == "" || !dcPattern.MatchString(dc) {

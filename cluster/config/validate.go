@@ -499,6 +499,9 @@ func (p *Probe) validate(v *validator, f string) bool {
 		}
 		v.oneOf(f+".postgres.sslmode", pg.SSLMode, sslModes)
 	}
+	if pg := p.Postgres; pg != nil {
+		v.secretFile(f+".postgres.password_file", pg.PasswordFile)
+	}
 	return intervalOK
 }
 

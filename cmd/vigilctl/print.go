@@ -187,13 +187,27 @@ func printGroup(w io.Writer, r *vigilv1.GetGroupResponse, now time.Time) error {
 	if _, err := io.WriteString(w, "\nmembers\n"); err != nil {
 		return err
 	}
-	m := newTable(w, "NAME", "ADDRESS", "PRIORITY", "DATACENTER", "ROLE")
+	notes := map[string]string{}
+	for _, h := range r.GetHealth() {
+		if n := routingNote(h, g.GetPrimary()); n != "" {
+			notes[h.GetMember()] = n
+		}
+	}
+	header := []string{"NAME", "ADDRESS", "PRIORITY", "DATACENTER", "ROLE"}
+	if len(notes) > 0 {
+		header = append(header, "ROUTING")
+	}
+	m := newTable(w, header...)
 	for _, mem := range spec.GetMembers() {
 		role := "standby"
 		if mem.GetName() == g.GetPrimary() {
 			role = "primary"
 		}
-		m.row(mem.GetName(), mem.GetAddress(), strconv.Itoa(int(mem.GetPriority())), mem.GetDatacenter(), role)
+		row := []string{mem.GetName(), mem.GetAddress(), strconv.Itoa(int(mem.GetPriority())), mem.GetDatacenter(), role}
+		if len(notes) > 0 {
+			row = append(row, notes[mem.GetName()])
+		}
+		m.row(row...)
 	}
 	if err := m.flush(); err != nil {
 		return err
@@ -219,6 +233,27 @@ func printGroup(w io.Writer, r *vigilv1.GetGroupResponse, now time.Time) error {
 		h.row(timestamp(e.GetAt()), u64(e.GetIndex()), u64(e.GetEpoch()), e.GetKind(), e.GetActor(), e.GetDetail())
 	}
 	return h.flush()
+}
+
+// routingNote is what the members table says about routing to a member,
+// from the answering observer's aggregate of it: a rogue primary (a
+// member expected to be a standby that a fresh vote saw answer as a
+// writable primary), or an expected primary that no quorum of fresh votes
+// sees as a writable primary, so that it is not routed to. An ODOWN
+// primary is left unmarked: the health section says ODOWN and the
+// failover lines say what is done about it. "" otherwise.
+func routingNote(h *vigilv1.MemberHealth, primary string) string {
+	switch {
+	case h.GetRoguePrimary():
+		p := strings.TrimSpace(cell(primary))
+		if p == none {
+			return "ROGUE PRIMARY (writable while no member is primary; being fenced)"
+		}
+		return "ROGUE PRIMARY (writable while " + p + " is primary; being fenced)"
+	case h.GetExpectedRole() == "primary" && !h.GetPrimaryQuorum() && !h.GetOdown():
+		return "not routed: no quorum sees it as a writable primary"
+	}
+	return ""
 }
 
 // printPaused renders a PauseGroup response.

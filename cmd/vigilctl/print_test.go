@@ -314,3 +314,65 @@ func TestBytesize(t *testing.T) {
 		}
 	}
 }
+
+func TestPrintGroupRoutingNotes(t *testing.T) {
+	memberHealth := func(member, role, state string, primaryQuorum, rogue bool) *vigilv1.MemberHealth {
+		return &vigilv1.MemberHealth{Group: "pg-main", Member: member, State: state, Observers: 3, Quorum: 2,
+			ExpectedRole: role, RoleSeen: "primary", Odown: state == "odown", PrimaryQuorum: primaryQuorum, RoguePrimary: rogue}
+	}
+	render := func(hs ...*vigilv1.MemberHealth) string {
+		t.Helper()
+		var b bytes.Buffer
+		if err := printGroup(&b, &vigilv1.GetGroupResponse{Group: testGroup(), Health: hs}, testNow); err != nil {
+			t.Fatal(err)
+		}
+		return section(t, b.String(), "members")
+	}
+
+	// pg2 is the state's primary but no quorum sees it writable; pg1, a
+	// standby for the state, was seen writable by an observer.
+	members := render(
+		memberHealth("pg1", "standby", "up", false, true),
+		memberHealth("pg2", "primary", "up", false, false),
+		memberHealth("pg3", "standby", "up", false, false),
+	)
+	assertCells(t, rowStarting(t, members, "NAME"), "NAME", "ADDRESS", "PRIORITY", "DATACENTER", "ROLE", "ROUTING")
+	assertCells(t, rowStarting(t, members, "pg1"), "pg1", "10.1.0.1:5432", "100", "dc1", "standby",
+		"ROGUE PRIMARY (writable while pg2 is primary; being fenced)")
+	assertCells(t, rowStarting(t, members, "pg2"), "pg2", "10.1.0.2:5432", "50", "dc2", "primary",
+		"not routed: no quorum sees it as a writable primary")
+	assertCells(t, rowStarting(t, members, "pg3"), "pg3", "10.1.0.3:5432", "0", "-", "standby", "-")
+
+	// A rogue primary is flagged whatever else holds, even with a quorum
+	// seeing it writable.
+	members = render(memberHealth("pg3", "standby", "sdown", true, true), memberHealth("pg2", "primary", "up", true, false))
+	assertCells(t, rowStarting(t, members, "pg3"), "pg3", "10.1.0.3:5432", "0", "-", "standby",
+		"ROGUE PRIMARY (writable while pg2 is primary; being fenced)")
+	assertCells(t, rowStarting(t, members, "pg2"), "pg2", "10.1.0.2:5432", "50", "dc2", "primary", "-")
+
+	// Nothing to say: a routable primary, or an ODOWN one (the health
+	// section and the failover lines say why), and the table keeps its
+	// columns.
+	for _, primary := range []*vigilv1.MemberHealth{
+		memberHealth("pg2", "primary", "up", true, false),
+		memberHealth("pg2", "primary", "odown", false, false),
+	} {
+		members = render(memberHealth("pg1", "standby", "up", false, false), primary)
+		assertCells(t, rowStarting(t, members, "NAME"), "NAME", "ADDRESS", "PRIORITY", "DATACENTER", "ROLE")
+		assertCells(t, rowStarting(t, members, "pg2"), "pg2", "10.1.0.2:5432", "50", "dc2", "primary")
+	}
+}
+
+func TestRoutingNote(t *testing.T) {
+	rogue := &vigilv1.MemberHealth{Member: "db2", ExpectedRole: "standby", RoguePrimary: true}
+	if got, want := routingNote(rogue, ""), "ROGUE PRIMARY (writable while no member is primary; being fenced)"; got != want {
+		t.Errorf("no primary: %q, want %q", got, want)
+	}
+	if got := routingNote(rogue, "db1\x1b[2J"); strings.ContainsRune(got, '\x1b') || !strings.Contains(got, "while db1 [2J is primary") {
+		t.Errorf("primary name not sanitized: %q", got)
+	}
+	// A standby that is not rogue, seen by nobody as primary, needs no note.
+	if got := routingNote(&vigilv1.MemberHealth{Member: "db3", ExpectedRole: "standby"}, "db1"); got != "" {
+		t.Errorf("plain standby: %q", got)
+	}
+}

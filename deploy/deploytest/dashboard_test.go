@@ -196,6 +196,7 @@ func TestDashboardCoversTheOperatorsView(t *testing.T) {
 		{"epoch per group", "vigil_group_epoch", ""},
 		{"member verdicts per observer as a state timeline", "vigil_member_verdict", "state-timeline"},
 		{"ODOWN periods", "vigil_member_odown", "state-timeline"},
+		{"rogue primaries as a state timeline", "vigil_rogue_primary", "state-timeline"},
 		{"replication lag in bytes", "vigil_replication_lag_bytes", ""},
 		{"replication lag in seconds", "vigil_replication_lag_seconds", ""},
 		{"failovers", "vigil_failovers_total", ""},

@@ -41,6 +41,13 @@ func loadExampleSet(t *testing.T, dir string, edit func([]byte) []byte) map[stri
 	}
 	// As written by "vigil certs --dir pki --observer obs1=… …".
 	writeExamplePKI(t, filepath.Join(tmp, "pki"))
+	// The password files the example deployment's README has the operator
+	// create next to the configs (Load requires them to be readable).
+	for _, name := range []string{"monitor.pass", "pg.pass"} {
+		if err := os.WriteFile(filepath.Join(tmp, name), []byte("example-password\n"), 0o640); err != nil {
+			t.Fatal(err)
+		}
+	}
 	out := map[string]*config.Config{}
 	for _, f := range files {
 		data, err := os.ReadFile(f)

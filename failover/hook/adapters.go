@@ -41,12 +41,14 @@ type Fence struct {
 var _ failover.Fencer = Fence{}
 
 // Fence confirms the fence only if the hook exited 0; otherwise the result
-// is not confirmed and the Run error is returned.
+// is not confirmed and the Run error is returned. A fence hook is the
+// operator's last resort (power the host off, cut it at the cloud API):
+// its success counts for the database and the traffic alike.
 func (f Fence) Fence(ctx context.Context, a failover.Action) (failover.FenceResult, error) {
 	if err := runnerOr(f.R).Run(ctx, f.Cmd, StepFence, a, nil); err != nil {
 		return failover.FenceResult{Confirmed: false, Detail: "fence hook failed: " + err.Error()}, err
 	}
-	return failover.FenceResult{Confirmed: true, Detail: "fence hook succeeded"}, nil
+	return failover.FenceResult{Confirmed: true, Traffic: true, Detail: "fence hook succeeded"}, nil
 }
 
 // MaxConcurrentNotify is how many notifications one Notify runs at once;

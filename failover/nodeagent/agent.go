@@ -29,8 +29,9 @@ import (
 type Option func(*options)
 
 type options struct {
-	addrs Addrs
-	now   func() time.Time
+	addrs    Addrs
+	now      func() time.Time
+	dbFencer DatabaseFencerFactory
 }
 
 // WithAddrs replaces the netlink + ARP implementation (tests use a fake).
@@ -81,8 +82,17 @@ type group struct {
 	name, member, iface string
 	cidr, ip            string
 	fence               *hook.Command // nil: no fence command
+	// dbf is the database fence (nil: none configured), dbTimeout bounds
+	// each of its SQL steps.
+	dbf       DatabaseFencer
+	dbDesc    string
+	dbTimeout time.Duration
 
 	act sync.Mutex
+	// roMu serialises the read-only switches of the database (SetReadOnly,
+	// ResetReadOnly), which run on their own goroutines; roGen (under mu)
+	// lets a switch that was superseded while it waited skip itself.
+	roMu sync.Mutex
 
 	mu      sync.Mutex
 	highest uint64
@@ -98,16 +108,40 @@ type group struct {
 	// holding: the VIP is on the interface, as far as the agent knows (it
 	// is the only one changing it).
 	holding bool
-	// A self-fence episode: started when the agent held the VIP and lost
-	// its support; ends when the VIP is gone and the fence command (if
-	// any) succeeded, or when support comes back.
+	// leasedPrimary: the host was supported as the primary (a quorum of
+	// current leases for the highest epoch named this member, or a valid
+	// AddVIP grant) at some point since the last fence or self-fence
+	// episode. Losing that support starts a self-fence episode even
+	// without the VIP. A standby's agent never gets here.
+	leasedPrimary bool
+	// A self-fence episode: started when the agent held the VIP or was
+	// leased as the primary and lost its support; ends when the VIP is
+	// gone, the database fence (if any) is in force and the fence command
+	// (if any) succeeded, or when support comes back.
 	pendingFence bool
 	fenceCmdDone bool
 	fenceRetryAt time.Time
 	fenceBackoff time.Duration
+	// epDBTried: this episode tried the database fence once (then
+	// terminated the sessions and started read-only); epDBDone: this
+	// episode installed it (until then every reconcile retries).
+	epDBTried, epDBDone bool
 	// fenced: the last Fence was confirmed or the last self-fence
 	// completed, and no AddVIP since.
 	fenced bool
+	// dbFenced: the database fence is in force (installed and verified, or
+	// found at start); dbGen changes whenever it is installed or removed,
+	// so that a recovery check does not lift a fence installed after it
+	// began.
+	dbFenced bool
+	dbGen    uint64
+	// roGen counts read-only switches asked for; roOn: the last one
+	// asked for was "on".
+	roGen uint64
+	roOn  bool
+	// The recovery check (see checkRecovery): next due, and running.
+	recoveryAt      time.Time
+	recoveryRunning bool
 	// garpGen changes whenever the VIP is added or removed, so a GARP
 	// burst in flight stops once its VIP has been removed.
 	garpGen uint64
@@ -130,11 +164,17 @@ func New(cfg *Config, logger *slog.Logger, reg prometheus.Registerer, opts ...Op
 	c := *cfg
 	c.Observers = slices.Clone(cfg.Observers)
 	c.Groups = slices.Clone(cfg.Groups)
+	for i := range c.Groups {
+		// The caller's sections stay untouched by the defaults.
+		c.Groups[i].DatabaseFence = c.Groups[i].DatabaseFence.clone()
+	}
 	c.ApplyDefaults()
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("nodeagent: invalid configuration: %w", err)
 	}
-	o := options{addrs: netlinkAddrs{}, now: time.Now}
+	o := options{addrs: netlinkAddrs{}, now: time.Now, dbFencer: func(group string, cfg DatabaseFence) (DatabaseFencer, error) {
+		return NewPostgresFence(group, cfg)
+	}}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -190,6 +230,12 @@ func New(cfg *Config, logger *slog.Logger, reg prometheus.Registerer, opts ...Op
 		}
 		if len(gc.FenceCommand) > 0 {
 			g.fence = &hook.Command{Argv: slices.Clone(gc.FenceCommand), Timeout: gc.FenceTimeout.D()}
+		}
+		if df := gc.DatabaseFence; df != nil {
+			if err := a.setupDatabaseFence(g, *df, o.dbFencer); err != nil {
+				cancel()
+				return nil, fmt.Errorf("nodeagent: %w", err)
+			}
 		}
 		has, err := a.addrs.Has(g.iface, g.cidr)
 		if err != nil {
@@ -451,17 +497,25 @@ func (g *group) setHoldingLocked(a *Agent, v bool) {
 	a.m.holding.WithLabelValues(g.name).Set(b2f(v))
 }
 
-// AddVIP adds the group's VIP, announces it with gratuitous ARP and grants
-// the host a lease "as if from a quorum" for lease_timeout: the leader
-// calls it only after committing the failover's epoch through Raft, so it
-// speaks for a quorum; the observers' leases must then keep coming.
+// AddVIP lifts the database fence (if configured and in force), adds the
+// group's VIP, announces it with gratuitous ARP and grants the host a
+// lease "as if from a quorum" for lease_timeout: the leader calls it only
+// after committing the failover's epoch through Raft, so it speaks for a
+// quorum; the observers' leases must then keep coming.
 func (a *Agent) AddVIP(ctx context.Context, req *vigilv1.VIPRequest) (resp *vigilv1.VIPResponse, err error) {
 	defer func() { a.count("AddVIP", err) }()
-	g, unlock, err := a.enter(ctx, "AddVIP", req.GetGroup(), req.GetEpoch(), req.GetObserver())
+	g, unlock, err := a.enter(ctx, "AddVIP", req.GetGroup(), req.GetEpoch(), req.GetObserver(), true)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	if g.dbf != nil {
+		// This host is the primary of the current epoch again (e.g. after
+		// an aborted failover): it must take writes.
+		if uerr := a.unfenceDatabase(g, "add_vip", true); uerr != nil {
+			return nil, status.Errorf(codes.Internal, "group %q: cannot lift the database fence: %v", g.name, uerr)
+		}
+	}
 	changed, aerr := a.addrs.Add(g.iface, g.cidr)
 	if aerr != nil {
 		a.log.Error("adding the VIP failed", "group", g.name, "vip", g.cidr, "interface", g.iface, "epoch", req.GetEpoch(), "err", aerr)
@@ -474,6 +528,7 @@ func (a *Agent) AddVIP(ctx context.Context, req *vigilv1.VIPRequest) (resp *vigi
 	g.startupGrace = false
 	g.fenced = false
 	g.pendingFence = false
+	g.leasedPrimary = true // the grant is support as the primary
 	g.garpGen++
 	gen, h := g.garpGen, g.highest
 	g.mu.Unlock()
@@ -528,7 +583,13 @@ func (a *Agent) garpBurst(g *group, gen uint64) {
 // enter is the common start of AddVIP, RemoveVIP and Fence: check the
 // caller, find the group, take its action lock and admit the epoch (the
 // fencing token). On success the caller must call unlock.
-func (a *Agent) enter(ctx context.Context, rpc, name string, epoch uint64, observer string) (*group, func(), error) {
+//
+// With persistFirst, a raised epoch is persisted before the caller acts
+// (AddVIP, RemoveVIP: a restarted agent must still refuse the deposed
+// leader's late AddVIP). Without it (Fence) the epoch is only raised in
+// memory and the caller persists it after acting: fencing is safe at any
+// epoch, and a stalled disk must not hold the fence up.
+func (a *Agent) enter(ctx context.Context, rpc, name string, epoch uint64, observer string, persistFirst bool) (*group, func(), error) {
 	if err := a.authorize(ctx, rpc, observer, true); err != nil {
 		return nil, nil, err
 	}
@@ -537,7 +598,14 @@ func (a *Agent) enter(ctx context.Context, rpc, name string, epoch uint64, obser
 		return nil, nil, err
 	}
 	g.act.Lock()
-	if err := a.admit(g, epoch, rpc, observer); err != nil {
+	if persistFirst {
+		err = a.admit(g, epoch, rpc, observer)
+	} else {
+		g.mu.Lock()
+		err = a.checkEpochLocked(g, epoch, rpc, observer)
+		g.mu.Unlock()
+	}
+	if err != nil {
 		g.act.Unlock()
 		return nil, nil, err
 	}
@@ -547,7 +615,7 @@ func (a *Agent) enter(ctx context.Context, rpc, name string, epoch uint64, obser
 // RemoveVIP removes the group's VIP and cancels any AddVIP grant.
 func (a *Agent) RemoveVIP(ctx context.Context, req *vigilv1.VIPRequest) (resp *vigilv1.VIPResponse, err error) {
 	defer func() { a.count("RemoveVIP", err) }()
-	g, unlock, err := a.enter(ctx, "RemoveVIP", req.GetGroup(), req.GetEpoch(), req.GetObserver())
+	g, unlock, err := a.enter(ctx, "RemoveVIP", req.GetGroup(), req.GetEpoch(), req.GetObserver(), true)
 	if err != nil {
 		return nil, err
 	}
@@ -569,11 +637,14 @@ func (a *Agent) RemoveVIP(ctx context.Context, req *vigilv1.VIPRequest) (resp *v
 	return &vigilv1.VIPResponse{Changed: changed, HighestEpoch: h}, nil
 }
 
-// Fence removes the VIP and runs the fence command. Confirmed means the
-// VIP is gone and the command (if any) exited 0.
+// Fence removes the VIP, puts the database fence in force (if
+// configured: the port cut off, client sessions terminated, read-only
+// attempted) and runs the fence command. Confirmed means the VIP is gone,
+// the database fence (if any) is verifiably in force and the command (if
+// any) exited 0. The epoch is persisted after fencing, not before.
 func (a *Agent) Fence(ctx context.Context, req *vigilv1.AgentFenceRequest) (resp *vigilv1.AgentFenceResponse, err error) {
 	defer func() { a.count("Fence", err) }()
-	g, unlock, err := a.enter(ctx, "Fence", req.GetGroup(), req.GetEpoch(), req.GetObserver())
+	g, unlock, err := a.enter(ctx, "Fence", req.GetGroup(), req.GetEpoch(), req.GetObserver(), false)
 	if err != nil {
 		return nil, err
 	}
@@ -581,7 +652,7 @@ func (a *Agent) Fence(ctx context.Context, req *vigilv1.AgentFenceRequest) (resp
 	g.mu.Lock()
 	g.grantUntil, g.startupGrace = time.Time{}, false
 	g.pendingFence = false // this fence supersedes a self-fence in progress
-	h := g.highest
+	g.leasedPrimary = false
 	g.mu.Unlock()
 
 	var detail []string
@@ -600,6 +671,15 @@ func (a *Agent) Fence(ctx context.Context, req *vigilv1.AgentFenceRequest) (resp
 			detail = append(detail, fmt.Sprintf("VIP %s not on %s", g.cidr, g.iface))
 		}
 	}
+	dbOK := true
+	var readOnly <-chan error
+	if g.dbf != nil {
+		var d []string
+		dbOK, d, readOnly = a.fenceDatabase(g, triggerFence)
+		detail = append(detail, d...)
+	} else {
+		detail = append(detail, "no database fence configured")
+	}
 	cmdOK := true
 	if g.fence != nil {
 		if ferr := a.runFence(g, hook.StepFence, req.GetEpoch(), req.GetObserver()); ferr != nil {
@@ -611,17 +691,29 @@ func (a *Agent) Fence(ctx context.Context, req *vigilv1.AgentFenceRequest) (resp
 	} else {
 		detail = append(detail, "no fence command configured")
 	}
-	confirmed := gone && cmdOK
+	if readOnly != nil {
+		detail = append(detail, readOnlyOutcome(readOnly, readOnlyReportWait))
+	}
+	confirmed := gone && dbOK && cmdOK
 	g.mu.Lock()
 	g.fenced = confirmed
+	dbFenced := g.dbFenced
+	h := g.highest
 	g.mu.Unlock()
 	d := strings.Join(detail, "; ")
+	if perr := a.persist(g, h); perr != nil {
+		a.log.Error("fenced, but the raised epoch could not be persisted", "group", g.name, "epoch", h, "detail", d, "err", perr)
+		return nil, perr
+	}
 	if confirmed {
 		a.log.Info("fenced", "group", g.name, "epoch", req.GetEpoch(), "observer", req.GetObserver(), "detail", d)
 	} else {
 		a.log.Error("fence not confirmed", "group", g.name, "epoch", req.GetEpoch(), "observer", req.GetObserver(), "detail", d)
 	}
-	return &vigilv1.AgentFenceResponse{Confirmed: confirmed, Detail: d, HighestEpoch: h}, nil
+	return &vigilv1.AgentFenceResponse{
+		Confirmed: confirmed, Detail: d, HighestEpoch: h,
+		TrafficFenced: gone, DatabaseFenced: g.dbf != nil && dbOK && dbFenced,
+	}, nil
 }
 
 // runFence runs the group's fence command with VIGIL_GROUP, VIGIL_EPOCH,
@@ -689,31 +781,34 @@ func (a *Agent) Lease(ctx context.Context, req *vigilv1.LeaseRequest) (resp *vig
 	g.leases[obs] = lease{epoch: req.GetEpoch(), primary: req.GetPrimary(), at: a.now()}
 	ok, supporters, _ := a.supportLocked(g, a.now())
 	a.m.leaseObservers.WithLabelValues(g.name).Set(float64(len(supporters)))
-	if ok && g.pendingFence {
-		g.pendingFence = false
-		a.log.Info("lease quorum back; pending self-fence cancelled", "group", g.name, "epoch", g.highest, "observers", supporters)
+	if ok {
+		g.leasedPrimary = true
+		if g.pendingFence {
+			g.pendingFence = false
+			a.log.Info("lease quorum back; pending self-fence cancelled", "group", g.name, "epoch", g.highest, "observers", supporters)
+		}
 	}
-	act := g.holding && !ok
+	act := (g.holding || g.leasedPrimary) && !ok
 	h := g.highest
 	g.mu.Unlock()
-	perr := a.persist(g, h)
 	if act {
 		// The rule no longer holds (e.g. a higher epoch naming another
-		// member): drop the VIP now, not at the next tick. Dropping is
-		// safe even if persisting failed.
+		// member): fence now, not at the next tick, and before persisting
+		// the epoch (fencing is safe whatever the epoch; a stalled disk
+		// must not hold it up).
 		if !actLocked {
 			g.act.Lock()
 			defer g.act.Unlock()
 		}
 		a.reconcileLocked(g, "lease")
 	}
-	if perr != nil {
+	if perr := a.persist(g, h); perr != nil {
 		return nil, perr
 	}
 	g.mu.Lock()
 	holding := g.holding
 	g.mu.Unlock()
-	return &vigilv1.LeaseResponse{HighestEpoch: h, Holding: holding}, nil
+	return &vigilv1.LeaseResponse{HighestEpoch: h, Holding: holding, DatabaseFence: g.dbf != nil, LeaseTimeoutMs: a.leaseTimeout.Milliseconds()}, nil
 }
 
 // Status reports the agent's view of every group. With TLS, any observer
@@ -731,6 +826,7 @@ func (a *Agent) Status(ctx context.Context, _ *vigilv1.AgentStatusRequest) (*vig
 		resp.Groups = append(resp.Groups, &vigilv1.AgentGroupStatus{
 			Group: g.name, Member: g.member, Vip: g.cidr, Interface: g.iface,
 			HighestEpoch: g.highest, Holding: g.holding, LeaseObservers: supporters, Fenced: g.fenced,
+			DatabaseFenced: g.dbFenced, DatabaseFence: g.dbDesc,
 		})
 		g.mu.Unlock()
 	}

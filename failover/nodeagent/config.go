@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -24,7 +25,15 @@ const (
 	DefaultFenceTimeout = 10 * time.Second
 	DefaultGARPCount    = 3
 	DefaultGARPInterval = 100 * time.Millisecond
+
+	DefaultDatabaseFenceHost     = "/var/run/postgresql"
+	DefaultDatabaseFenceUser     = "postgres"
+	DefaultDatabaseFenceDatabase = "postgres"
+	DefaultDatabaseFenceTimeout  = 2 * time.Second
 )
+
+// DatabaseFenceKindPostgres is the only database fence kind for now.
+const DatabaseFenceKindPostgres = "postgres"
 
 // Bounds checked by Validate.
 const (
@@ -33,6 +42,8 @@ const (
 	maxFenceTimeout = 10 * time.Minute
 	maxGARPCount    = 100
 	maxGARPInterval = 10 * time.Second
+
+	maxDatabaseFenceTimeout = time.Minute
 )
 
 // Config is the node agent's configuration (`vigil node --config FILE`).
@@ -103,6 +114,43 @@ type Group struct {
 	FenceCommand []string `yaml:"fence_command"`
 	// FenceTimeout overrides the top-level fence_timeout for this group.
 	FenceTimeout Duration `yaml:"fence_timeout"`
+	// DatabaseFence, if set, is the agent's own database fence for the
+	// group (see DatabaseFence): applied on Fence and when the agent
+	// fences itself, lifted on AddVIP or once the database is a standby.
+	DatabaseFence *DatabaseFence `yaml:"database_fence,omitempty"`
+}
+
+// DatabaseFence configures the node agent's built-in database fence of a
+// group: a per-group nftables table in the agent's network namespace that
+// drops TCP traffic to and from the database port except for AllowFrom
+// and loopback, then the termination of the client sessions and, when the
+// database manages it in time, read-only mode. It needs no shell script
+// and writes nothing to disk (see the package comment).
+type DatabaseFence struct {
+	// Kind is the database: "postgres" (the only kind for now). Required.
+	Kind string `yaml:"kind"`
+	// Port is the database's TCP port on this host. Required.
+	Port int `yaml:"port"`
+	// AllowFrom are the addresses or CIDRs (IPv4 or IPv6) that may still
+	// reach the port while the fence is in force: the group's standbys
+	// (replication) and the observers (probes, their SQL fence).
+	// Loopback (127.0.0.0/8, ::1) is always allowed.
+	AllowFrom []string `yaml:"allow_from"`
+	// Host is the local connection used to terminate sessions and to
+	// switch read-only: a unix socket directory (absolute path) or a
+	// loopback address (127.0.0.1, ::1). Default /var/run/postgresql.
+	Host string `yaml:"host"`
+	// User is the database user for that connection (a superuser or a
+	// member of pg_signal_backend that may ALTER SYSTEM). Default postgres.
+	User string `yaml:"user"`
+	// PasswordFile, if set, holds the password (first line). It is read
+	// when the agent starts (New), never while fencing. A relative path in
+	// a file loaded with Load is relative to the file's directory.
+	PasswordFile string `yaml:"password_file"`
+	// Database is the database to connect to. Default postgres.
+	Database string `yaml:"database"`
+	// Timeout bounds each SQL step (connect + statement). Default 2s.
+	Timeout Duration `yaml:"timeout"`
 }
 
 // Duration is a time.Duration read from YAML as a string such as "500ms".
@@ -248,27 +296,31 @@ func (e *FieldError) Error() string {
 	return b.String()
 }
 
-// Load reads and validates the configuration file at path.
+// Load reads and validates the configuration file at path. Relative
+// paths in it (data_dir, the tls files, password_file) are relative to the
+// file's directory.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("nodeagent config: %w", err)
 	}
-	c, err := Parse(data)
+	c, err := decode(data)
 	if err != nil {
 		return nil, fmt.Errorf("nodeagent config %s: %w", path, err)
 	}
-	if c.DataDir != "" && !filepath.IsAbs(c.DataDir) {
-		abs, err := filepath.Abs(filepath.Join(filepath.Dir(path), c.DataDir))
-		if err != nil {
-			return nil, fmt.Errorf("nodeagent config %s: data_dir: %w", path, err)
-		}
-		c.DataDir = abs
-	}
-	for _, f := range []struct {
+	paths := []struct {
 		name string
 		p    *string
-	}{{"tls.ca", &c.TLS.CA}, {"tls.cert", &c.TLS.Cert}, {"tls.key", &c.TLS.Key}} {
+	}{{"data_dir", &c.DataDir}, {"tls.ca", &c.TLS.CA}, {"tls.cert", &c.TLS.Cert}, {"tls.key", &c.TLS.Key}}
+	for i := range c.Groups {
+		if df := c.Groups[i].DatabaseFence; df != nil {
+			paths = append(paths, struct {
+				name string
+				p    *string
+			}{fmt.Sprintf("groups[%d].database_fence.password_file", i), &df.PasswordFile})
+		}
+	}
+	for _, f := range paths {
 		if *f.p == "" || filepath.IsAbs(*f.p) {
 			continue
 		}
@@ -278,12 +330,30 @@ func Load(path string) (*Config, error) {
 		}
 		*f.p = abs
 	}
+	c.ApplyDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("nodeagent config %s: %w", path, err)
+	}
 	return c, nil
 }
 
 // Parse decodes a configuration strictly (unknown keys are errors),
 // applies defaults and validates it; all problems are reported together.
+// Relative paths stay relative to the working directory.
 func Parse(data []byte) (*Config, error) {
+	c, err := decode(data)
+	if err != nil {
+		return nil, err
+	}
+	c.ApplyDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// decode decodes a single YAML document strictly.
+func decode(data []byte) (*Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	var c Config
@@ -303,10 +373,6 @@ func Parse(data []byte) (*Config, error) {
 			return nil, err
 		}
 		return nil, fmt.Errorf("line %d: a second YAML document; the configuration must be a single document", extra.Line)
-	}
-	c.ApplyDefaults()
-	if err := c.Validate(); err != nil {
-		return nil, err
 	}
 	return &c, nil
 }
@@ -329,7 +395,87 @@ func (c *Config) ApplyDefaults() {
 		if c.Groups[i].FenceTimeout == 0 {
 			c.Groups[i].FenceTimeout = c.FenceTimeout
 		}
+		if df := c.Groups[i].DatabaseFence; df != nil {
+			df.ApplyDefaults()
+		}
 	}
+}
+
+// ApplyDefaults replaces zero values with their defaults.
+func (d *DatabaseFence) ApplyDefaults() {
+	if d.Host == "" {
+		d.Host = DefaultDatabaseFenceHost
+	}
+	if d.User == "" {
+		d.User = DefaultDatabaseFenceUser
+	}
+	if d.Database == "" {
+		d.Database = DefaultDatabaseFenceDatabase
+	}
+	if d.Timeout == 0 {
+		d.Timeout = Duration(DefaultDatabaseFenceTimeout)
+	}
+}
+
+// clone returns a deep copy of d (nil for nil).
+func (d *DatabaseFence) clone() *DatabaseFence {
+	if d == nil {
+		return nil
+	}
+	c := *d
+	c.AllowFrom = slices.Clone(d.AllowFrom)
+	return &c
+}
+
+// Describe names the fence for Status and logs, e.g. "postgres port 5432".
+func (d *DatabaseFence) Describe() string {
+	if d == nil {
+		return ""
+	}
+	return fmt.Sprintf("%s port %d", d.Kind, d.Port)
+}
+
+// AllowedPrefixes returns AllowFrom parsed, as prefixes with their host
+// bits cleared (a bare address is a /32 or /128). Validate reports the
+// entries it cannot parse; they are skipped here.
+func (d *DatabaseFence) AllowedPrefixes() []netip.Prefix {
+	var ps []netip.Prefix
+	for _, s := range d.AllowFrom {
+		if p, err := parseAllow(s); err == nil {
+			ps = append(ps, p)
+		}
+	}
+	return ps
+}
+
+// parseAllow parses one allow_from entry: an IPv4 or IPv6 address or CIDR
+// (host bits are cleared; an IPv4-mapped IPv6 address is taken as IPv4).
+func parseAllow(s string) (netip.Prefix, error) {
+	s = strings.TrimSpace(s)
+	if strings.Contains(s, "%") {
+		return netip.Prefix{}, errors.New("an address with a zone is not supported; give the address or CIDR alone")
+	}
+	var p netip.Prefix
+	if strings.Contains(s, "/") {
+		var err error
+		if p, err = netip.ParsePrefix(s); err != nil {
+			return netip.Prefix{}, errors.New("not an IPv4 or IPv6 address or CIDR, e.g. 10.0.0.11 or 10.0.0.0/28")
+		}
+	} else {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return netip.Prefix{}, errors.New("not an IPv4 or IPv6 address or CIDR, e.g. 10.0.0.11 or 10.0.0.0/28")
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	if a := p.Addr(); a.Is4In6() {
+		bits := p.Bits() - 96
+		if bits < 0 {
+			return netip.Prefix{}, errors.New("an IPv4-mapped IPv6 prefix shorter than /96 is not supported")
+		}
+		p = netip.PrefixFrom(a.Unmap(), bits)
+	}
+	return p.Masked(), nil
 }
 
 // QuorumSize is the number of distinct observers whose fresh leases keep
@@ -425,6 +571,7 @@ func (c *Config) Validate() error {
 	}
 	seenGroup := map[string]int{}
 	seenVIP := map[netip.Addr]int{}
+	seenTable := map[string]int{}
 	for i, g := range c.Groups {
 		f := fmt.Sprintf("groups[%d]", i)
 		if !namePattern.MatchString(g.Name) {
@@ -465,8 +612,82 @@ func (c *Config) Validate() error {
 		if d := g.FenceTimeout.D(); d < 0 || d > maxFenceTimeout {
 			v.add(f+".fence_timeout", g.FenceTimeout, "must be positive and at most %s", maxFenceTimeout)
 		}
+		if g.DatabaseFence != nil {
+			g.DatabaseFence.validate(&v, f+".database_fence")
+			if namePattern.MatchString(g.Name) {
+				t := fenceTableName(g.Name)
+				if j, dup := seenTable[t]; dup && c.Groups[j].Name != g.Name {
+					v.add(f+".name", g.Name, "its database fence table %s is also that of groups[%d] (%q): group names must differ in more than '-' and '_'", t, j, c.Groups[j].Name)
+				} else if !dup {
+					seenTable[t] = i
+				}
+			}
+		}
 	}
 	return errors.Join(v.errs...)
+}
+
+// validate checks a database_fence section (after ApplyDefaults); f is
+// its field path.
+func (d *DatabaseFence) validate(v *validator, f string) {
+	switch d.Kind {
+	case "":
+		v.add(f+".kind", nil, "required: the database kind (%q)", DatabaseFenceKindPostgres)
+	case DatabaseFenceKindPostgres:
+	default:
+		v.add(f+".kind", d.Kind, "unknown database kind; the only kind is %q", DatabaseFenceKindPostgres)
+	}
+	if d.Port < 1 || d.Port > 65535 {
+		v.add(f+".port", nil, "%d is not a port (1..65535)", d.Port)
+	}
+	for i, s := range d.AllowFrom {
+		if _, err := parseAllow(s); err != nil {
+			v.add(fmt.Sprintf("%s.allow_from[%d]", f, i), s, "%v", err)
+		}
+	}
+	if filepath.IsAbs(d.Host) {
+		if strings.ContainsRune(d.Host, 0) {
+			v.add(f+".host", d.Host, "not a valid path")
+		}
+	} else if a, err := netip.ParseAddr(d.Host); err != nil || !a.IsLoopback() || a.Zone() != "" {
+		// A non-local address would be cut off by the fence itself.
+		v.add(f+".host", d.Host, "must be a unix socket directory (an absolute path) or a loopback address (127.0.0.1, ::1): the fence cuts every other address off")
+	}
+	if d.User == "" || strings.ContainsRune(d.User, 0) {
+		v.add(f+".user", d.User, "not a valid user name")
+	}
+	if d.Database == "" || strings.ContainsRune(d.Database, 0) {
+		v.add(f+".database", d.Database, "not a valid database name")
+	}
+	if d.PasswordFile != "" {
+		if err := checkReadable(d.PasswordFile); err != nil {
+			v.add(f+".password_file", d.PasswordFile, "cannot be read: %v", err)
+		}
+	}
+	if t := d.Timeout.D(); t <= 0 || t > maxDatabaseFenceTimeout {
+		v.add(f+".timeout", d.Timeout, "must be positive and at most %s", maxDatabaseFenceTimeout)
+	}
+}
+
+// checkReadable opens path and reads a byte of it.
+func checkReadable(path string) error {
+	fh, err := os.Open(path)
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			return pe.Err
+		}
+		return err
+	}
+	defer fh.Close()
+	if _, err := fh.Read(make([]byte, 1)); err != nil && !errors.Is(err, io.EOF) {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			return pe.Err
+		}
+		return err
+	}
+	return nil
 }
 
 // parseVIP parses an IPv4 address with its prefix length, keeping the

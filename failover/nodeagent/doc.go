@@ -1,6 +1,8 @@
 // Package nodeagent is the node agent daemon (`vigil node`): a small
 // process on each managed host that holds a group's virtual IP only while
-// the observers say its host is the primary, and fences the host locally.
+// the observers say its host is the primary, and fences the host locally:
+// the VIP, the database itself (database_fence) and an optional
+// fence_command.
 //
 // # Requests and the epoch
 //
@@ -10,7 +12,12 @@
 // with FailedPrecondition, naming both epochs, and changes nothing. A
 // higher epoch is raised and persisted (data_dir/epochs.json: temp file,
 // fsync, rename, fsync of the directory) before the agent acts on it, so
-// a restarted agent still refuses a deposed leader's late request.
+// a restarted agent still refuses a deposed leader's late request. Fence
+// is the exception to "persist first": it raises the epoch in memory,
+// fences, and persists before answering (fencing is safe at any epoch, and
+// a stalled disk must not hold the fence up; the answer waits for the
+// disk, so the observers see an unconfirmed fence then). A lease that
+// takes the support away also fences before its epoch is persisted.
 //
 // # Transport security
 //
@@ -26,18 +33,79 @@
 //
 // # The holding rule (self-fencing)
 //
-// The agent holds the VIP iff at least `quorum` distinct configured
-// observers sent it, less than lease_timeout ago (receive time, monotonic
-// clock), a lease for the highest epoch naming this host's member as
-// primary — or the leader's AddVIP grant is still valid: AddVIP counts as
-// a lease from a quorum for lease_timeout, because the leader calls it
-// only after committing the epoch through Raft. The rule is evaluated on
+// The host is supported as the primary iff at least `quorum` distinct
+// configured observers sent it, less than lease_timeout ago (receive
+// time, monotonic clock), a lease for the highest epoch naming this
+// host's member as primary — or the leader's AddVIP grant is still valid:
+// AddVIP counts as a lease from a quorum for lease_timeout, because the
+// leader calls it only after committing the epoch through Raft. The agent
+// holds the VIP only while it is supported. The rule is evaluated on
 // every lease, every lease_timeout/4 and at the moment support expires.
-// When the host holds the VIP and the rule fails, the agent removes the
-// VIP and runs the group's fence_command (VIGIL_STEP=self_fence), retried
-// with back-off until it succeeds or support comes back. A lease of a
+//
+// A self-fence episode starts when the support ends and the host either
+// holds the VIP or was supported as the primary at some point since its
+// last fence (the last Fence or self-fence episode) or AddVIP — with or
+// without a VIP (a deployment that routes through HAProxy never adds
+// one). The episode removes the VIP if held, puts the database fence in
+// force (first, before anything slow: a netlink transaction), terminates
+// the database's client sessions, starts read-only in the background and
+// runs the group's fence_command (VIGIL_STEP=self_fence); the VIP removal
+// and the database fence are retried on every evaluation, the command
+// with back-off, until they succeed or support comes back. A lease of a
 // higher epoch (or any lease that leaves fewer than `quorum` supporters)
-// drops the VIP at once. Leases never add the VIP (see reconcileLocked).
+// fences at once. A host never supported as the primary — a standby —
+// never fences. Leases never add the VIP nor lift the database fence (see
+// reconcileLocked).
+//
+// # The database fence
+//
+// With a group's database_fence section (kind postgres, the port,
+// allow_from), the agent fences the database itself, with no script and
+// no disk write:
+//
+//   - Traffic: an nftables table "inet vigil_fence_<group>" (one per group,
+//     in the agent's network namespace; no other table is touched) with an
+//     input chain dropping TCP packets to the port and an output chain
+//     dropping TCP packets from it, at priority filter-10, except from/to
+//     allow_from (the group's standbys for replication, the observers for
+//     probes and their SQL fence) and loopback. Both directions: a
+//     client's established session gets no acknowledgement of a commit
+//     from the moment the table is in place. The match is on addresses,
+//     so a client on the host that connects to the host's own non-loopback
+//     address (its packets arrive on lo with that source) is cut too. The
+//     table is installed in one netlink transaction (replacing any earlier
+//     version: idempotent) and read back; the fence counts as in force
+//     (Fence's database_fenced, Status) only once the rules are verifiably
+//     there.
+//   - Sessions: then every client backend but the agent's own is
+//     terminated over the local connection (host: a unix socket directory
+//     or 127.0.0.1/::1), bounded by timeout; walsenders are kept, so
+//     standbys may still catch up. A failure is reported, but the network
+//     fence alone confirms.
+//   - Read-only, when it can: ALTER SYSTEM SET default_transaction_read_only
+//     = on and pg_reload_conf(), on its own goroutine bounded by timeout,
+//     never waited for by the rest (ALTER SYSTEM writes a file).
+//
+// Fence confirms only when the VIP is gone, the database fence (if
+// configured) is in force and the fence command (if any) exited 0. The
+// fence lifts on AddVIP (the leader made this host the primary of the
+// current epoch again, e.g. after an aborted failover: table removed,
+// read-only reset, before the VIP is added) and, checked every
+// lease_timeout while it is in force and the host does not hold the VIP,
+// when the local database answers pg_is_in_recovery() = true (a standby
+// takes no writes; a rejoined old primary may serve as a standby). A
+// database that cannot be reached keeps the fence. The fence is kernel
+// state: it survives an agent restart, and a restarted agent that finds
+// the table reports it as in force and keeps it.
+//
+// What it cannot do: clients on the host itself over 127.0.0.1, ::1 or
+// the unix socket are not fenced (read-only, if it got through, is only a
+// default a session can override), nor are clients at allow_from
+// addresses; a
+// database reachable on another port or through another network
+// namespace is not covered. The agent needs CAP_NET_ADMIN (New fails when
+// it cannot read the nftables state). password_file is read once, at
+// start.
 //
 // # Timing argument
 //
@@ -47,10 +115,13 @@
 // the group's failover has started — that observer's support ends, on the
 // agent, at most L after the end of its last lease call (its answer or its
 // deadline), measured on the observer's clock up to clock-rate drift. The
-// host holds the VIP only with a quorum's support, so it drops the VIP by
-// the time the quorum-th supporting lease expires: within L of the last
-// lease call of the observers, plus the time to remove an address (a
-// netlink call, well under a millisecond) and the agent's own scheduling.
+// host holds the VIP only with a quorum's support, so it drops the VIP,
+// and puts its database fence in force, by the time the quorum-th
+// supporting lease expires: within L of the last lease call of the
+// observers, plus the time to remove an address and to commit the
+// fence's nftables transaction (netlink calls, about a millisecond each)
+// and the agent's own scheduling (the loop wakes at the exact moment the
+// support expires).
 // Hence an observer leader that could not fence the old primary directly
 // (its agent unreachable) must wait at least L (plus a small margin for
 // drift and scheduling, e.g. 10% + 50ms) after the last lease call any

@@ -39,13 +39,18 @@ func (a *Agent) supportLocked(g *group, now time.Time) (ok bool, supporters []st
 	return ok, supporters, until
 }
 
-// reconcileLocked applies the holding rule to the interface. The caller
-// holds g.act.
+// reconcileLocked applies the holding rule to the interface and the
+// database. The caller holds g.act.
 //
-// It only ever removes: when the host holds the VIP without support, the
-// VIP is removed and the fence command run (self-fencing: a primary cut
-// off from the observers stops taking traffic on its own within
-// lease_timeout). It never adds the VIP because leases say so. Leases say
+// It only ever fences: when the host holds the VIP, or was supported as
+// the primary since its last fence, and has lost that support, a
+// self-fence episode starts: the VIP is removed, the database fence (if
+// configured) is put in force — both within moments of the support's end —
+// then the client sessions are terminated, read-only is attempted in the
+// background and the fence command is run (a primary cut off from the
+// observers stops taking writes on its own within lease_timeout). A host
+// never supported as the primary (a standby) never fences. It never adds
+// the VIP, nor lifts the database fence, because leases say so. Leases say
 // who the replicated state names as primary; adding the VIP is the
 // leader's AddVIP, which comes only after the failover's promotion step is
 // committed and the old primary fenced. A host that re-added its VIP on
@@ -58,6 +63,7 @@ func (a *Agent) reconcileLocked(g *group, why string) {
 	ok, supporters, _ := a.supportLocked(g, now)
 	a.m.leaseObservers.WithLabelValues(g.name).Set(float64(len(supporters)))
 	if ok {
+		g.leasedPrimary = true
 		if g.pendingFence {
 			g.pendingFence = false
 			a.log.Info("lease quorum back; pending self-fence cancelled", "group", g.name, "epoch", g.highest, "observers", supporters)
@@ -65,21 +71,26 @@ func (a *Agent) reconcileLocked(g *group, why string) {
 		g.mu.Unlock()
 		return
 	}
-	if g.holding && !g.pendingFence {
+	if (g.holding || g.leasedPrimary) && !g.pendingFence {
 		g.pendingFence = true
+		g.leasedPrimary = false
 		g.fenceCmdDone = false
 		g.fenceRetryAt = time.Time{}
 		g.fenceBackoff = 0
+		g.epDBTried, g.epDBDone = false, false
 		a.m.selfFences.WithLabelValues(g.name).Inc()
 		a.log.Warn("self-fencing: no quorum of current leases naming this host the primary of the highest epoch",
 			"group", g.name, "member", g.member, "epoch", g.highest, "observers", supporters, "quorum", a.quorum,
-			"lease_timeout", a.leaseTimeout, "trigger", why)
+			"lease_timeout", a.leaseTimeout, "holding_vip", g.holding, "database_fence", g.dbDesc, "trigger", why)
 	}
 	if !g.pendingFence {
 		g.mu.Unlock()
 		return
 	}
 	holding := g.holding
+	installDB := g.dbf != nil && !g.epDBDone
+	firstDB := g.dbf != nil && !g.epDBTried
+	g.epDBTried = true
 	runCmd := g.fence != nil && !g.fenceCmdDone && !now.Before(g.fenceRetryAt)
 	epoch := g.highest
 	g.mu.Unlock()
@@ -95,6 +106,19 @@ func (a *Agent) reconcileLocked(g *group, why string) {
 			a.log.Warn("self-fence: VIP removed", "group", g.name, "vip", g.cidr, "interface", g.iface, "epoch", epoch)
 		}
 	}
+	if installDB {
+		// First, before anything slow: from here on no client outside the
+		// host gets an answer from the database.
+		if err := a.installDatabaseFence(g, triggerSelfFence); err == nil {
+			g.mu.Lock()
+			g.epDBDone = true
+			g.mu.Unlock()
+		}
+	}
+	if firstDB {
+		a.terminateSessions(g, triggerSelfFence)
+		a.switchReadOnly(g, true) // outcome logged; never waited for
+	}
 	if runCmd {
 		err := a.runFence(g, "self_fence", epoch, "")
 		g.mu.Lock()
@@ -108,18 +132,21 @@ func (a *Agent) reconcileLocked(g *group, why string) {
 		g.mu.Unlock()
 	}
 	g.mu.Lock()
-	if g.pendingFence && !g.holding && (g.fence == nil || g.fenceCmdDone) {
+	if g.pendingFence && !g.holding && (g.dbf == nil || g.epDBDone) && (g.fence == nil || g.fenceCmdDone) {
 		g.pendingFence = false
 		g.fenced = true
-		a.log.Warn("self-fenced", "group", g.name, "member", g.member, "epoch", epoch)
+		a.log.Warn("self-fenced", "group", g.name, "member", g.member, "epoch", epoch, "database_fenced", g.dbFenced)
 	}
 	g.mu.Unlock()
 }
 
 // loop enforces the rule for g until Close: every lease_timeout/4, and
-// right when the current support expires, so a host cut off from the
-// observers drops the VIP within lease_timeout of the last lease that
-// kept it (plus the time to remove an address).
+// right when the current support expires (while the host holds the VIP or
+// is supported as the primary), so a host cut off from the observers
+// drops the VIP and fences its database within lease_timeout of the last
+// lease that kept it (plus a netlink transaction or two). While the
+// database fence is in force and the host does not hold the VIP, it also
+// starts the recovery check every lease_timeout.
 func (a *Agent) loop(g *group) {
 	tick := a.leaseTimeout / 4
 	t := time.NewTimer(tick)
@@ -133,10 +160,11 @@ func (a *Agent) loop(g *group) {
 		g.act.Lock()
 		a.reconcileLocked(g, "timer")
 		g.act.Unlock()
+		a.maybeCheckRecovery(g)
 
 		next := tick
 		g.mu.Lock()
-		if g.holding {
+		if g.holding || g.leasedPrimary {
 			now := a.now()
 			if _, _, until := a.supportLocked(g, now); !until.IsZero() {
 				if d := until.Sub(now) + time.Millisecond; d < next {

@@ -19,6 +19,10 @@ type metrics struct {
 	selfFences     *prometheus.CounterVec
 	requests       *prometheus.CounterVec
 	garp           *prometheus.CounterVec
+
+	dbFenced        *prometheus.GaugeVec
+	dbFences        *prometheus.CounterVec
+	dbFenceFailures *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -33,7 +37,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "vigil_agent_lease_observers", Help: "Observers whose lease naming this host the primary of the highest epoch is current.",
 		}, []string{"group"}),
 		selfFences: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "vigil_agent_self_fences_total", Help: "Times the agent removed the VIP (and ran the fence command) on its own after losing the observers' lease quorum or seeing a newer epoch.",
+			Name: "vigil_agent_self_fences_total", Help: "Self-fence episodes: times the agent fenced itself (removed the VIP if held, put the database fence in force if configured, ran the fence command) after losing the observers' lease quorum as the primary or seeing a newer epoch.",
 		}, []string{"group"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vigil_agent_requests_total", Help: "Node agent gRPC requests by rpc and result (ok, stale_epoch, invalid, not_found, denied, error).",
@@ -41,9 +45,19 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		garp: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vigil_agent_garp_packets_total", Help: "Gratuitous ARP packets for the group's VIP by result (sent, failed).",
 		}, []string{"group", "result"}),
+		dbFenced: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "vigil_agent_database_fenced", Help: "1 while the agent's database fence of the group is in force (the database port cut off except for allow_from and loopback).",
+		}, []string{"group"}),
+		dbFences: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_agent_database_fences_total", Help: "Database fences installed and verified, by trigger (fence: the observers' Fence; self_fence: lease quorum lost).",
+		}, []string{"group", "trigger"}),
+		dbFenceFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_agent_database_fence_failures_total", Help: "Failed database fence steps, by step (install, sessions, read_only, unfence, reset_read_only).",
+		}, []string{"group", "step"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.holding, m.highestEpoch, m.leaseObservers, m.selfFences, m.requests, m.garp)
+		reg.MustRegister(m.holding, m.highestEpoch, m.leaseObservers, m.selfFences, m.requests, m.garp,
+			m.dbFenced, m.dbFences, m.dbFenceFailures)
 	}
 	return m
 }

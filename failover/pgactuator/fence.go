@@ -199,3 +199,30 @@ func (a *Actuator) IsFenced(ctx context.Context, m failover.Member) (bool, error
 	}
 	return rec || ro == "on", nil
 }
+
+// FenceCandidate makes m — a standby whose promotion failed — start every
+// new session read-only and terminates its client sessions, so that a
+// pg_promote that completes after its timeout still leaves it taking no
+// writes (ALTER SYSTEM works in recovery; the setting outlives the
+// promotion). Promote clears it again. Verified from a new session.
+func (a *Actuator) FenceCandidate(ctx context.Context, m failover.Member) error {
+	ctx, cancel := a.bound(ctx, 0)
+	defer cancel()
+	conn, err := a.connect(ctx, m)
+	if err != nil {
+		return fmt.Errorf("pgactuator: fence candidate %s: %w", desc(m), err)
+	}
+	_, err = conn.Exec(ctx, "ALTER SYSTEM SET default_transaction_read_only = on")
+	if err == nil {
+		err = reloadConf(ctx, conn)
+	}
+	closeConn(conn)
+	if err != nil {
+		return fmt.Errorf("pgactuator: fence candidate %s: %w", desc(m), err)
+	}
+	if _, err := a.verifySetting(ctx, m, true, true); err != nil {
+		return fmt.Errorf("pgactuator: fence candidate %s: verify: %w", desc(m), err)
+	}
+	a.log.Info("candidate made read-only after a failed promotion", "member", m.Name, "address", m.Address)
+	return nil
+}

@@ -44,7 +44,7 @@ func TestWithDialOptionsTLSReplacesInsecure(t *testing.T) {
 		t.Fatalf("SendLeases over TLS: holding=%v err=%v", holding, err)
 	}
 	res, err := tlsAgents.Fencer().Fence(ctx(t), action(4, "db1", "db2"))
-	if err != nil || !res.Confirmed || secure.holds() {
+	if err != nil || !res.Traffic || secure.holds() {
 		t.Fatalf("Fence over TLS: %+v %v holds=%v", res, err, secure.holds())
 	}
 

@@ -244,9 +244,12 @@ func (r router) Route(ctx context.Context, act failover.Action) error {
 			case ctx.Err() != nil:
 				return fmt.Errorf("viprouter: group %q epoch %d: %w", act.Group, act.Epoch, ctx.Err())
 			default:
-				// Unreachable or failing: it was fenced before this step,
-				// and without leases its agent drops the VIP by itself.
-				log.Warn("could not remove the VIP from the old primary; relying on its agent's self-fencing", "agent", addr,
+				// Unreachable or failing. The fence step, committed before
+				// this one, verified the VIP off the old host (its agent's
+				// Fence, or lease expiry only where the agent was seen
+				// enforcing leases up to the cut); under fence: strict no
+				// failover gets here otherwise.
+				log.Warn("could not remove the VIP from the old primary; the fence step verified it gone", "agent", addr,
 					"unreachable", unreachable(err), "err", err)
 			}
 		}
@@ -268,9 +271,11 @@ func (r router) Route(ctx context.Context, act failover.Action) error {
 
 type fencer struct{ a *Agents }
 
-// Fence asks the old primary's agent to remove the VIP and run its fence
-// command. Confirmed only when the agent confirms; an agent that cannot be
-// reached (or refuses) gives an unconfirmed result and an error.
+// Fence asks the old primary's agent to remove the VIP, fence the
+// database and run its fence command. The result covers the traffic when
+// the agent verified the VIP is off its host, and the database when its
+// database fence is in force; an agent that cannot be reached (or
+// refuses) covers nothing and returns an error.
 func (f fencer) Fence(ctx context.Context, act failover.Action) (failover.FenceResult, error) {
 	a := f.a
 	if err := validAction(act); err != nil {
@@ -298,8 +303,11 @@ func (f fencer) Fence(ctx context.Context, act failover.Action) (failover.FenceR
 		return failover.FenceResult{Detail: err.Error()}, err
 	}
 	detail := fmt.Sprintf("node agent %s (%s): %s", act.Old.Name, addr, resp.GetDetail())
-	a.log.Info("node agent fence", "group", act.Group, "epoch", act.Epoch, "member", act.Old.Name, "confirmed", resp.GetConfirmed(), "detail", resp.GetDetail())
-	return failover.FenceResult{Confirmed: resp.GetConfirmed(), Detail: detail}, nil
+	a.log.Info("node agent fence", "group", act.Group, "epoch", act.Epoch, "member", act.Old.Name, "confirmed", resp.GetConfirmed(),
+		"traffic_fenced", resp.GetTrafficFenced(), "database_fenced", resp.GetDatabaseFenced(), "detail", resp.GetDetail())
+	// What the agent verified: the VIP off its host (traffic) and, with
+	// its database fence, the database cut off from every client.
+	return failover.FenceResult{Confirmed: resp.GetDatabaseFenced(), Traffic: resp.GetTrafficFenced(), Detail: detail}, nil
 }
 
 // SendLeases sends this observer's lease — "primary is the primary of
@@ -309,18 +317,35 @@ func (f fencer) Fence(ctx context.Context, act failover.Action) (failover.FenceR
 // the agent has seen a newer epoch: this observer is behind). Callers call
 // it every lease_timeout/3 and may ignore the result.
 func (a *Agents) SendLeases(ctx context.Context, group string, epoch uint64, primary string) (holding bool, err error) {
+	resp, err := a.Lease(ctx, group, epoch, primary)
+	return resp.GetHolding(), err
+}
+
+// Lease is SendLeases returning the agent's whole answer: whether it
+// holds the VIP, whether it fences the database itself on lease loss,
+// and the lease_timeout it enforces.
+func (a *Agents) Lease(ctx context.Context, group string, epoch uint64, primary string) (*vigilv1.LeaseResponse, error) {
 	if group == "" || primary == "" {
-		return false, fmt.Errorf("viprouter: lease needs a group and a primary (got %q, %q)", group, primary)
+		return nil, fmt.Errorf("viprouter: lease needs a group and a primary (got %q, %q)", group, primary)
 	}
 	c, addr, err := a.agentFor(group, primary)
 	if err != nil {
-		return false, err
+		return nil, err
 	}
 	cctx, cancel := context.WithTimeout(ctx, a.leaseTimeout)
 	defer cancel()
 	resp, err := c.Lease(cctx, &vigilv1.LeaseRequest{Group: group, Epoch: epoch, Observer: a.self, Primary: primary})
 	if err != nil {
-		return false, callError("Lease", group, primary, addr, epoch, err)
+		return nil, callError("Lease", group, primary, addr, epoch, err)
 	}
-	return resp.GetHolding(), nil
+	return resp, nil
+}
+
+// LeaseCallTimeout is the timeout of one Lease call.
+func (a *Agents) LeaseCallTimeout() time.Duration { return a.leaseTimeout }
+
+// AgentAddr returns the agent address of a group's member.
+func (a *Agents) AgentAddr(group, member string) (string, bool) {
+	addr, ok := a.addrOf(group, member)
+	return addr, ok && addr != ""
 }

@@ -321,8 +321,10 @@ func TestFencer(t *testing.T) {
 	}
 	f := ag.Fencer()
 	res, err := f.Fence(ctx(t), action(2, "db1", "db2"))
-	if err != nil || !res.Confirmed {
-		t.Fatalf("Fence: %+v %v", res, err)
+	// Without a database fence on the agent only the traffic is fenced:
+	// the database must be fenced by another method.
+	if err != nil || !res.Traffic || res.Confirmed {
+		t.Fatalf("Fence: %+v %v; want the traffic fenced and the database not", res, err)
 	}
 	if db1.holds() {
 		t.Fatal("VIP still on the fenced host")
@@ -335,13 +337,13 @@ func TestFencer(t *testing.T) {
 	}
 	// Stale epoch: refused, not confirmed.
 	res, err = f.Fence(ctx(t), action(1, "db1", "db2"))
-	if !errors.Is(err, viprouter.ErrStaleEpoch) || res.Confirmed {
+	if !errors.Is(err, viprouter.ErrStaleEpoch) || res.Confirmed || res.Traffic {
 		t.Fatalf("stale Fence: %+v %v", res, err)
 	}
 	// Unreachable agent: not confirmed, error.
 	b.set("db1", deadAddr(t))
 	res, err = f.Fence(ctx(t), action(3, "db1", "db2"))
-	if err == nil || res.Confirmed {
+	if err == nil || res.Confirmed || res.Traffic {
 		t.Fatalf("Fence of an unreachable agent: %+v %v", res, err)
 	}
 	res, err = f.Fence(ctx(t), action(3, "db7", "db2"))

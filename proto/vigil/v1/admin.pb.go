@@ -191,6 +191,121 @@ func (x *FailoverResponse) GetGroup() *Group {
 	return nil
 }
 
+type LeasesStoppedRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Group string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Epoch uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The old primary no lease may name any more.
+	Member        string `protobuf:"bytes,3,opt,name=member,proto3" json:"member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeasesStoppedRequest) Reset() {
+	*x = LeasesStoppedRequest{}
+	mi := &file_vigil_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeasesStoppedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeasesStoppedRequest) ProtoMessage() {}
+
+func (x *LeasesStoppedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeasesStoppedRequest.ProtoReflect.Descriptor instead.
+func (*LeasesStoppedRequest) Descriptor() ([]byte, []int) {
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *LeasesStoppedRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *LeasesStoppedRequest) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *LeasesStoppedRequest) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
+}
+
+type LeasesStoppedResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The observer that answered.
+	Observer string `protobuf:"bytes,1,opt,name=observer,proto3" json:"observer,omitempty"`
+	// Raft index it had applied when it answered.
+	AppliedIndex  uint64 `protobuf:"varint,2,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeasesStoppedResponse) Reset() {
+	*x = LeasesStoppedResponse{}
+	mi := &file_vigil_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeasesStoppedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeasesStoppedResponse) ProtoMessage() {}
+
+func (x *LeasesStoppedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeasesStoppedResponse.ProtoReflect.Descriptor instead.
+func (*LeasesStoppedResponse) Descriptor() ([]byte, []int) {
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *LeasesStoppedResponse) GetObserver() string {
+	if x != nil {
+		return x.Observer
+	}
+	return ""
+}
+
+func (x *LeasesStoppedResponse) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
 type HistoryRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
@@ -200,7 +315,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[3]
+	mi := &file_vigil_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -212,7 +327,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[3]
+	mi := &file_vigil_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -225,7 +340,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *HistoryRequest) GetGroup() string {
@@ -248,7 +363,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[4]
+	mi := &file_vigil_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -260,7 +375,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[4]
+	mi := &file_vigil_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -273,7 +388,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *HistoryResponse) GetGroup() string {
@@ -326,7 +441,7 @@ type CandidateStatus struct {
 
 func (x *CandidateStatus) Reset() {
 	*x = CandidateStatus{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[5]
+	mi := &file_vigil_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -338,7 +453,7 @@ func (x *CandidateStatus) String() string {
 func (*CandidateStatus) ProtoMessage() {}
 
 func (x *CandidateStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[5]
+	mi := &file_vigil_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -351,7 +466,7 @@ func (x *CandidateStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CandidateStatus.ProtoReflect.Descriptor instead.
 func (*CandidateStatus) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CandidateStatus) GetMember() string {
@@ -406,7 +521,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[6]
+	mi := &file_vigil_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -418,7 +533,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[6]
+	mi := &file_vigil_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -431,7 +546,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StatusRequest) GetLocalOnly() bool {
@@ -467,7 +582,7 @@ type ObserverStatus struct {
 
 func (x *ObserverStatus) Reset() {
 	*x = ObserverStatus{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[7]
+	mi := &file_vigil_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -479,7 +594,7 @@ func (x *ObserverStatus) String() string {
 func (*ObserverStatus) ProtoMessage() {}
 
 func (x *ObserverStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[7]
+	mi := &file_vigil_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -492,7 +607,7 @@ func (x *ObserverStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserverStatus.ProtoReflect.Descriptor instead.
 func (*ObserverStatus) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ObserverStatus) GetId() string {
@@ -604,7 +719,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[8]
+	mi := &file_vigil_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -616,7 +731,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[8]
+	mi := &file_vigil_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -629,7 +744,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StatusResponse) GetAnsweredBy() string {
@@ -703,7 +818,7 @@ type ListGroupsRequest struct {
 
 func (x *ListGroupsRequest) Reset() {
 	*x = ListGroupsRequest{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[9]
+	mi := &file_vigil_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -715,7 +830,7 @@ func (x *ListGroupsRequest) String() string {
 func (*ListGroupsRequest) ProtoMessage() {}
 
 func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[9]
+	mi := &file_vigil_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -728,7 +843,7 @@ func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
 func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 type ListGroupsResponse struct {
@@ -742,7 +857,7 @@ type ListGroupsResponse struct {
 
 func (x *ListGroupsResponse) Reset() {
 	*x = ListGroupsResponse{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[10]
+	mi := &file_vigil_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -754,7 +869,7 @@ func (x *ListGroupsResponse) String() string {
 func (*ListGroupsResponse) ProtoMessage() {}
 
 func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[10]
+	mi := &file_vigil_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -767,7 +882,7 @@ func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsResponse.ProtoReflect.Descriptor instead.
 func (*ListGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListGroupsResponse) GetGroups() []*Group {
@@ -793,7 +908,7 @@ type GetGroupRequest struct {
 
 func (x *GetGroupRequest) Reset() {
 	*x = GetGroupRequest{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[11]
+	mi := &file_vigil_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -805,7 +920,7 @@ func (x *GetGroupRequest) String() string {
 func (*GetGroupRequest) ProtoMessage() {}
 
 func (x *GetGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[11]
+	mi := &file_vigil_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -818,7 +933,7 @@ func (x *GetGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGroupRequest.ProtoReflect.Descriptor instead.
 func (*GetGroupRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetGroupRequest) GetName() string {
@@ -849,7 +964,7 @@ type GetGroupResponse struct {
 
 func (x *GetGroupResponse) Reset() {
 	*x = GetGroupResponse{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[12]
+	mi := &file_vigil_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -861,7 +976,7 @@ func (x *GetGroupResponse) String() string {
 func (*GetGroupResponse) ProtoMessage() {}
 
 func (x *GetGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[12]
+	mi := &file_vigil_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -874,7 +989,7 @@ func (x *GetGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGroupResponse.ProtoReflect.Descriptor instead.
 func (*GetGroupResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetGroupResponse) GetGroup() *Group {
@@ -938,7 +1053,7 @@ type ObserverVote struct {
 
 func (x *ObserverVote) Reset() {
 	*x = ObserverVote{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[13]
+	mi := &file_vigil_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -950,7 +1065,7 @@ func (x *ObserverVote) String() string {
 func (*ObserverVote) ProtoMessage() {}
 
 func (x *ObserverVote) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[13]
+	mi := &file_vigil_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -963,7 +1078,7 @@ func (x *ObserverVote) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserverVote.ProtoReflect.Descriptor instead.
 func (*ObserverVote) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ObserverVote) GetObserver() string {
@@ -1038,14 +1153,21 @@ type MemberHealth struct {
 	RoleSeen     string          `protobuf:"bytes,13,opt,name=role_seen,json=roleSeen,proto3" json:"role_seen,omitempty"`
 	Votes        []*ObserverVote `protobuf:"bytes,14,rep,name=votes,proto3" json:"votes,omitempty"`
 	// Human summary, e.g. "SDOWN on 1 of 3" or "ODOWN since 12:00:01".
-	Summary       string `protobuf:"bytes,15,opt,name=summary,proto3" json:"summary,omitempty"`
+	Summary string `protobuf:"bytes,15,opt,name=summary,proto3" json:"summary,omitempty"`
+	// A fresh vote saw this member answer as a writable primary while the
+	// replicated state names another member primary: it is fenced again
+	// and never routed.
+	RoguePrimary bool `protobuf:"varint,16,opt,name=rogue_primary,json=roguePrimary,proto3" json:"rogue_primary,omitempty"`
+	// A quorum of fresh votes sees this member up as a writable primary
+	// (what routing to it requires, with being the state's primary).
+	PrimaryQuorum bool `protobuf:"varint,17,opt,name=primary_quorum,json=primaryQuorum,proto3" json:"primary_quorum,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MemberHealth) Reset() {
 	*x = MemberHealth{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[14]
+	mi := &file_vigil_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1057,7 +1179,7 @@ func (x *MemberHealth) String() string {
 func (*MemberHealth) ProtoMessage() {}
 
 func (x *MemberHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[14]
+	mi := &file_vigil_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1070,7 +1192,7 @@ func (x *MemberHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberHealth.ProtoReflect.Descriptor instead.
 func (*MemberHealth) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *MemberHealth) GetGroup() string {
@@ -1178,6 +1300,20 @@ func (x *MemberHealth) GetSummary() string {
 	return ""
 }
 
+func (x *MemberHealth) GetRoguePrimary() bool {
+	if x != nil {
+		return x.RoguePrimary
+	}
+	return false
+}
+
+func (x *MemberHealth) GetPrimaryQuorum() bool {
+	if x != nil {
+		return x.PrimaryQuorum
+	}
+	return false
+}
+
 type WatchRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only this group; empty means all groups.
@@ -1188,7 +1324,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[15]
+	mi := &file_vigil_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1200,7 +1336,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[15]
+	mi := &file_vigil_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1213,7 +1349,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WatchRequest) GetGroup() string {
@@ -1237,7 +1373,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[16]
+	mi := &file_vigil_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1249,7 +1385,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[16]
+	mi := &file_vigil_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1262,7 +1398,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WatchEvent) GetAt() *timestamppb.Timestamp {
@@ -1303,7 +1439,7 @@ type PauseGroupRequest struct {
 
 func (x *PauseGroupRequest) Reset() {
 	*x = PauseGroupRequest{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[17]
+	mi := &file_vigil_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1315,7 +1451,7 @@ func (x *PauseGroupRequest) String() string {
 func (*PauseGroupRequest) ProtoMessage() {}
 
 func (x *PauseGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[17]
+	mi := &file_vigil_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1328,7 +1464,7 @@ func (x *PauseGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseGroupRequest.ProtoReflect.Descriptor instead.
 func (*PauseGroupRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PauseGroupRequest) GetGroup() string {
@@ -1356,7 +1492,7 @@ type PauseGroupResponse struct {
 
 func (x *PauseGroupResponse) Reset() {
 	*x = PauseGroupResponse{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[18]
+	mi := &file_vigil_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1368,7 +1504,7 @@ func (x *PauseGroupResponse) String() string {
 func (*PauseGroupResponse) ProtoMessage() {}
 
 func (x *PauseGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[18]
+	mi := &file_vigil_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1381,7 +1517,7 @@ func (x *PauseGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseGroupResponse.ProtoReflect.Descriptor instead.
 func (*PauseGroupResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PauseGroupResponse) GetGroup() *Group {
@@ -1407,7 +1543,7 @@ type ResumeGroupRequest struct {
 
 func (x *ResumeGroupRequest) Reset() {
 	*x = ResumeGroupRequest{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[19]
+	mi := &file_vigil_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1419,7 +1555,7 @@ func (x *ResumeGroupRequest) String() string {
 func (*ResumeGroupRequest) ProtoMessage() {}
 
 func (x *ResumeGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[19]
+	mi := &file_vigil_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1432,7 +1568,7 @@ func (x *ResumeGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeGroupRequest.ProtoReflect.Descriptor instead.
 func (*ResumeGroupRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ResumeGroupRequest) GetGroup() string {
@@ -1452,7 +1588,7 @@ type ResumeGroupResponse struct {
 
 func (x *ResumeGroupResponse) Reset() {
 	*x = ResumeGroupResponse{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[20]
+	mi := &file_vigil_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1464,7 +1600,7 @@ func (x *ResumeGroupResponse) String() string {
 func (*ResumeGroupResponse) ProtoMessage() {}
 
 func (x *ResumeGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[20]
+	mi := &file_vigil_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1477,7 +1613,7 @@ func (x *ResumeGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeGroupResponse.ProtoReflect.Descriptor instead.
 func (*ResumeGroupResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ResumeGroupResponse) GetGroup() *Group {
@@ -1508,7 +1644,14 @@ const file_vigil_v1_admin_proto_rawDesc = "" +
 	"\x05force\x18\x03 \x01(\bR\x05force\"i\n" +
 	"\x10FailoverResponse\x12.\n" +
 	"\bfailover\x18\x01 \x01(\v2\x12.vigil.v1.FailoverR\bfailover\x12%\n" +
-	"\x05group\x18\x02 \x01(\v2\x0f.vigil.v1.GroupR\x05group\"&\n" +
+	"\x05group\x18\x02 \x01(\v2\x0f.vigil.v1.GroupR\x05group\"Z\n" +
+	"\x14LeasesStoppedRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x16\n" +
+	"\x06member\x18\x03 \x01(\tR\x06member\"X\n" +
+	"\x15LeasesStoppedResponse\x12\x1a\n" +
+	"\bobserver\x18\x01 \x01(\tR\bobserver\x12#\n" +
+	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\"&\n" +
 	"\x0eHistoryRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\"\xb5\x01\n" +
 	"\x0fHistoryResponse\x12\x14\n" +
@@ -1576,7 +1719,7 @@ const file_vigil_v1_admin_proto_rawDesc = "" +
 	"\x06age_ms\x18\x04 \x01(\x03R\x05ageMs\x12\x14\n" +
 	"\x05fresh\x18\x05 \x01(\bR\x05fresh\x12\x17\n" +
 	"\awal_lsn\x18\x06 \x01(\x04R\x06walLsn\x12\x1b\n" +
-	"\tlag_bytes\x18\a \x01(\x03R\blagBytes\"\xf0\x03\n" +
+	"\tlag_bytes\x18\a \x01(\x03R\blagBytes\"\xbc\x04\n" +
 	"\fMemberHealth\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x16\n" +
 	"\x06member\x18\x02 \x01(\tR\x06member\x12\x14\n" +
@@ -1596,7 +1739,9 @@ const file_vigil_v1_admin_proto_rawDesc = "" +
 	"\rexpected_role\x18\f \x01(\tR\fexpectedRole\x12\x1b\n" +
 	"\trole_seen\x18\r \x01(\tR\broleSeen\x12,\n" +
 	"\x05votes\x18\x0e \x03(\v2\x16.vigil.v1.ObserverVoteR\x05votes\x12\x18\n" +
-	"\asummary\x18\x0f \x01(\tR\asummary\"$\n" +
+	"\asummary\x18\x0f \x01(\tR\asummary\x12#\n" +
+	"\rrogue_primary\x18\x10 \x01(\bR\froguePrimary\x12%\n" +
+	"\x0eprimary_quorum\x18\x11 \x01(\bR\rprimaryQuorum\"$\n" +
 	"\fWatchRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\"\xab\x01\n" +
 	"\n" +
@@ -1615,7 +1760,7 @@ const file_vigil_v1_admin_proto_rawDesc = "" +
 	"\x05group\x18\x01 \x01(\tR\x05group\"R\n" +
 	"\x13ResumeGroupResponse\x12%\n" +
 	"\x05group\x18\x01 \x01(\v2\x0f.vigil.v1.GroupR\x05group\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index2\xe8\x04\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index2\xba\x05\n" +
 	"\x05Admin\x12;\n" +
 	"\x06Status\x12\x17.vigil.v1.StatusRequest\x1a\x18.vigil.v1.StatusResponse\x12G\n" +
 	"\n" +
@@ -1628,7 +1773,8 @@ const file_vigil_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"Switchover\x12\x1b.vigil.v1.SwitchoverRequest\x1a\x1a.vigil.v1.FailoverResponse\x12A\n" +
 	"\bFailover\x12\x19.vigil.v1.FailoverRequest\x1a\x1a.vigil.v1.FailoverResponse\x12>\n" +
-	"\aHistory\x12\x18.vigil.v1.HistoryRequest\x1a\x19.vigil.v1.HistoryResponseB1Z/github.com/vigilha/vigil/proto/vigil/v1;vigilv1b\x06proto3"
+	"\aHistory\x12\x18.vigil.v1.HistoryRequest\x1a\x19.vigil.v1.HistoryResponse\x12P\n" +
+	"\rLeasesStopped\x12\x1e.vigil.v1.LeasesStoppedRequest\x1a\x1f.vigil.v1.LeasesStoppedResponseB1Z/github.com/vigilha/vigil/proto/vigil/v1;vigilv1b\x06proto3"
 
 var (
 	file_vigil_v1_admin_proto_rawDescOnce sync.Once
@@ -1642,70 +1788,74 @@ func file_vigil_v1_admin_proto_rawDescGZIP() []byte {
 	return file_vigil_v1_admin_proto_rawDescData
 }
 
-var file_vigil_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_vigil_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_vigil_v1_admin_proto_goTypes = []any{
 	(*SwitchoverRequest)(nil),     // 0: vigil.v1.SwitchoverRequest
 	(*FailoverRequest)(nil),       // 1: vigil.v1.FailoverRequest
 	(*FailoverResponse)(nil),      // 2: vigil.v1.FailoverResponse
-	(*HistoryRequest)(nil),        // 3: vigil.v1.HistoryRequest
-	(*HistoryResponse)(nil),       // 4: vigil.v1.HistoryResponse
-	(*CandidateStatus)(nil),       // 5: vigil.v1.CandidateStatus
-	(*StatusRequest)(nil),         // 6: vigil.v1.StatusRequest
-	(*ObserverStatus)(nil),        // 7: vigil.v1.ObserverStatus
-	(*StatusResponse)(nil),        // 8: vigil.v1.StatusResponse
-	(*ListGroupsRequest)(nil),     // 9: vigil.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),    // 10: vigil.v1.ListGroupsResponse
-	(*GetGroupRequest)(nil),       // 11: vigil.v1.GetGroupRequest
-	(*GetGroupResponse)(nil),      // 12: vigil.v1.GetGroupResponse
-	(*ObserverVote)(nil),          // 13: vigil.v1.ObserverVote
-	(*MemberHealth)(nil),          // 14: vigil.v1.MemberHealth
-	(*WatchRequest)(nil),          // 15: vigil.v1.WatchRequest
-	(*WatchEvent)(nil),            // 16: vigil.v1.WatchEvent
-	(*PauseGroupRequest)(nil),     // 17: vigil.v1.PauseGroupRequest
-	(*PauseGroupResponse)(nil),    // 18: vigil.v1.PauseGroupResponse
-	(*ResumeGroupRequest)(nil),    // 19: vigil.v1.ResumeGroupRequest
-	(*ResumeGroupResponse)(nil),   // 20: vigil.v1.ResumeGroupResponse
-	(*Failover)(nil),              // 21: vigil.v1.Failover
-	(*Group)(nil),                 // 22: vigil.v1.Group
-	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
+	(*LeasesStoppedRequest)(nil),  // 3: vigil.v1.LeasesStoppedRequest
+	(*LeasesStoppedResponse)(nil), // 4: vigil.v1.LeasesStoppedResponse
+	(*HistoryRequest)(nil),        // 5: vigil.v1.HistoryRequest
+	(*HistoryResponse)(nil),       // 6: vigil.v1.HistoryResponse
+	(*CandidateStatus)(nil),       // 7: vigil.v1.CandidateStatus
+	(*StatusRequest)(nil),         // 8: vigil.v1.StatusRequest
+	(*ObserverStatus)(nil),        // 9: vigil.v1.ObserverStatus
+	(*StatusResponse)(nil),        // 10: vigil.v1.StatusResponse
+	(*ListGroupsRequest)(nil),     // 11: vigil.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),    // 12: vigil.v1.ListGroupsResponse
+	(*GetGroupRequest)(nil),       // 13: vigil.v1.GetGroupRequest
+	(*GetGroupResponse)(nil),      // 14: vigil.v1.GetGroupResponse
+	(*ObserverVote)(nil),          // 15: vigil.v1.ObserverVote
+	(*MemberHealth)(nil),          // 16: vigil.v1.MemberHealth
+	(*WatchRequest)(nil),          // 17: vigil.v1.WatchRequest
+	(*WatchEvent)(nil),            // 18: vigil.v1.WatchEvent
+	(*PauseGroupRequest)(nil),     // 19: vigil.v1.PauseGroupRequest
+	(*PauseGroupResponse)(nil),    // 20: vigil.v1.PauseGroupResponse
+	(*ResumeGroupRequest)(nil),    // 21: vigil.v1.ResumeGroupRequest
+	(*ResumeGroupResponse)(nil),   // 22: vigil.v1.ResumeGroupResponse
+	(*Failover)(nil),              // 23: vigil.v1.Failover
+	(*Group)(nil),                 // 24: vigil.v1.Group
+	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
 }
 var file_vigil_v1_admin_proto_depIdxs = []int32{
-	21, // 0: vigil.v1.FailoverResponse.failover:type_name -> vigil.v1.Failover
-	22, // 1: vigil.v1.FailoverResponse.group:type_name -> vigil.v1.Group
-	21, // 2: vigil.v1.HistoryResponse.failovers:type_name -> vigil.v1.Failover
-	21, // 3: vigil.v1.HistoryResponse.active:type_name -> vigil.v1.Failover
-	7,  // 4: vigil.v1.StatusResponse.observers:type_name -> vigil.v1.ObserverStatus
-	22, // 5: vigil.v1.ListGroupsResponse.groups:type_name -> vigil.v1.Group
-	22, // 6: vigil.v1.GetGroupResponse.group:type_name -> vigil.v1.Group
-	14, // 7: vigil.v1.GetGroupResponse.health:type_name -> vigil.v1.MemberHealth
-	5,  // 8: vigil.v1.GetGroupResponse.candidates:type_name -> vigil.v1.CandidateStatus
-	23, // 9: vigil.v1.MemberHealth.down_since:type_name -> google.protobuf.Timestamp
-	23, // 10: vigil.v1.MemberHealth.odown_since:type_name -> google.protobuf.Timestamp
-	13, // 11: vigil.v1.MemberHealth.votes:type_name -> vigil.v1.ObserverVote
-	23, // 12: vigil.v1.WatchEvent.at:type_name -> google.protobuf.Timestamp
-	14, // 13: vigil.v1.WatchEvent.health:type_name -> vigil.v1.MemberHealth
-	22, // 14: vigil.v1.PauseGroupResponse.group:type_name -> vigil.v1.Group
-	22, // 15: vigil.v1.ResumeGroupResponse.group:type_name -> vigil.v1.Group
-	6,  // 16: vigil.v1.Admin.Status:input_type -> vigil.v1.StatusRequest
-	9,  // 17: vigil.v1.Admin.ListGroups:input_type -> vigil.v1.ListGroupsRequest
-	11, // 18: vigil.v1.Admin.GetGroup:input_type -> vigil.v1.GetGroupRequest
-	17, // 19: vigil.v1.Admin.PauseGroup:input_type -> vigil.v1.PauseGroupRequest
-	19, // 20: vigil.v1.Admin.ResumeGroup:input_type -> vigil.v1.ResumeGroupRequest
-	15, // 21: vigil.v1.Admin.Watch:input_type -> vigil.v1.WatchRequest
+	23, // 0: vigil.v1.FailoverResponse.failover:type_name -> vigil.v1.Failover
+	24, // 1: vigil.v1.FailoverResponse.group:type_name -> vigil.v1.Group
+	23, // 2: vigil.v1.HistoryResponse.failovers:type_name -> vigil.v1.Failover
+	23, // 3: vigil.v1.HistoryResponse.active:type_name -> vigil.v1.Failover
+	9,  // 4: vigil.v1.StatusResponse.observers:type_name -> vigil.v1.ObserverStatus
+	24, // 5: vigil.v1.ListGroupsResponse.groups:type_name -> vigil.v1.Group
+	24, // 6: vigil.v1.GetGroupResponse.group:type_name -> vigil.v1.Group
+	16, // 7: vigil.v1.GetGroupResponse.health:type_name -> vigil.v1.MemberHealth
+	7,  // 8: vigil.v1.GetGroupResponse.candidates:type_name -> vigil.v1.CandidateStatus
+	25, // 9: vigil.v1.MemberHealth.down_since:type_name -> google.protobuf.Timestamp
+	25, // 10: vigil.v1.MemberHealth.odown_since:type_name -> google.protobuf.Timestamp
+	15, // 11: vigil.v1.MemberHealth.votes:type_name -> vigil.v1.ObserverVote
+	25, // 12: vigil.v1.WatchEvent.at:type_name -> google.protobuf.Timestamp
+	16, // 13: vigil.v1.WatchEvent.health:type_name -> vigil.v1.MemberHealth
+	24, // 14: vigil.v1.PauseGroupResponse.group:type_name -> vigil.v1.Group
+	24, // 15: vigil.v1.ResumeGroupResponse.group:type_name -> vigil.v1.Group
+	8,  // 16: vigil.v1.Admin.Status:input_type -> vigil.v1.StatusRequest
+	11, // 17: vigil.v1.Admin.ListGroups:input_type -> vigil.v1.ListGroupsRequest
+	13, // 18: vigil.v1.Admin.GetGroup:input_type -> vigil.v1.GetGroupRequest
+	19, // 19: vigil.v1.Admin.PauseGroup:input_type -> vigil.v1.PauseGroupRequest
+	21, // 20: vigil.v1.Admin.ResumeGroup:input_type -> vigil.v1.ResumeGroupRequest
+	17, // 21: vigil.v1.Admin.Watch:input_type -> vigil.v1.WatchRequest
 	0,  // 22: vigil.v1.Admin.Switchover:input_type -> vigil.v1.SwitchoverRequest
 	1,  // 23: vigil.v1.Admin.Failover:input_type -> vigil.v1.FailoverRequest
-	3,  // 24: vigil.v1.Admin.History:input_type -> vigil.v1.HistoryRequest
-	8,  // 25: vigil.v1.Admin.Status:output_type -> vigil.v1.StatusResponse
-	10, // 26: vigil.v1.Admin.ListGroups:output_type -> vigil.v1.ListGroupsResponse
-	12, // 27: vigil.v1.Admin.GetGroup:output_type -> vigil.v1.GetGroupResponse
-	18, // 28: vigil.v1.Admin.PauseGroup:output_type -> vigil.v1.PauseGroupResponse
-	20, // 29: vigil.v1.Admin.ResumeGroup:output_type -> vigil.v1.ResumeGroupResponse
-	16, // 30: vigil.v1.Admin.Watch:output_type -> vigil.v1.WatchEvent
-	2,  // 31: vigil.v1.Admin.Switchover:output_type -> vigil.v1.FailoverResponse
-	2,  // 32: vigil.v1.Admin.Failover:output_type -> vigil.v1.FailoverResponse
-	4,  // 33: vigil.v1.Admin.History:output_type -> vigil.v1.HistoryResponse
-	25, // [25:34] is the sub-list for method output_type
-	16, // [16:25] is the sub-list for method input_type
+	5,  // 24: vigil.v1.Admin.History:input_type -> vigil.v1.HistoryRequest
+	3,  // 25: vigil.v1.Admin.LeasesStopped:input_type -> vigil.v1.LeasesStoppedRequest
+	10, // 26: vigil.v1.Admin.Status:output_type -> vigil.v1.StatusResponse
+	12, // 27: vigil.v1.Admin.ListGroups:output_type -> vigil.v1.ListGroupsResponse
+	14, // 28: vigil.v1.Admin.GetGroup:output_type -> vigil.v1.GetGroupResponse
+	20, // 29: vigil.v1.Admin.PauseGroup:output_type -> vigil.v1.PauseGroupResponse
+	22, // 30: vigil.v1.Admin.ResumeGroup:output_type -> vigil.v1.ResumeGroupResponse
+	18, // 31: vigil.v1.Admin.Watch:output_type -> vigil.v1.WatchEvent
+	2,  // 32: vigil.v1.Admin.Switchover:output_type -> vigil.v1.FailoverResponse
+	2,  // 33: vigil.v1.Admin.Failover:output_type -> vigil.v1.FailoverResponse
+	6,  // 34: vigil.v1.Admin.History:output_type -> vigil.v1.HistoryResponse
+	4,  // 35: vigil.v1.Admin.LeasesStopped:output_type -> vigil.v1.LeasesStoppedResponse
+	26, // [26:36] is the sub-list for method output_type
+	16, // [16:26] is the sub-list for method input_type
 	16, // [16:16] is the sub-list for extension type_name
 	16, // [16:16] is the sub-list for extension extendee
 	0,  // [0:16] is the sub-list for field type_name
@@ -1723,7 +1873,7 @@ func file_vigil_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vigil_v1_admin_proto_rawDesc), len(file_vigil_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,15 +21,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Admin_Status_FullMethodName      = "/vigil.v1.Admin/Status"
-	Admin_ListGroups_FullMethodName  = "/vigil.v1.Admin/ListGroups"
-	Admin_GetGroup_FullMethodName    = "/vigil.v1.Admin/GetGroup"
-	Admin_PauseGroup_FullMethodName  = "/vigil.v1.Admin/PauseGroup"
-	Admin_ResumeGroup_FullMethodName = "/vigil.v1.Admin/ResumeGroup"
-	Admin_Watch_FullMethodName       = "/vigil.v1.Admin/Watch"
-	Admin_Switchover_FullMethodName  = "/vigil.v1.Admin/Switchover"
-	Admin_Failover_FullMethodName    = "/vigil.v1.Admin/Failover"
-	Admin_History_FullMethodName     = "/vigil.v1.Admin/History"
+	Admin_Status_FullMethodName        = "/vigil.v1.Admin/Status"
+	Admin_ListGroups_FullMethodName    = "/vigil.v1.Admin/ListGroups"
+	Admin_GetGroup_FullMethodName      = "/vigil.v1.Admin/GetGroup"
+	Admin_PauseGroup_FullMethodName    = "/vigil.v1.Admin/PauseGroup"
+	Admin_ResumeGroup_FullMethodName   = "/vigil.v1.Admin/ResumeGroup"
+	Admin_Watch_FullMethodName         = "/vigil.v1.Admin/Watch"
+	Admin_Switchover_FullMethodName    = "/vigil.v1.Admin/Switchover"
+	Admin_Failover_FullMethodName      = "/vigil.v1.Admin/Failover"
+	Admin_History_FullMethodName       = "/vigil.v1.Admin/History"
+	Admin_LeasesStopped_FullMethodName = "/vigil.v1.Admin/LeasesStopped"
 )
 
 // AdminClient is the client API for Admin service.
@@ -63,6 +64,11 @@ type AdminClient interface {
 	Failover(ctx context.Context, in *FailoverRequest, opts ...grpc.CallOption) (*FailoverResponse, error)
 	// History lists a group's failovers, newest last, and the one in progress.
 	History(ctx context.Context, in *HistoryRequest, opts ...grpc.CallOption) (*HistoryResponse, error)
+	// LeasesStopped is asked by the leader of every other observer before it
+	// counts on lease expiry: it answers once the answering observer has
+	// applied the failover of `epoch` and no lease of its own to the old
+	// primary can still be on its way. Observers only.
+	LeasesStopped(ctx context.Context, in *LeasesStoppedRequest, opts ...grpc.CallOption) (*LeasesStoppedResponse, error)
 }
 
 type adminClient struct {
@@ -172,6 +178,16 @@ func (c *adminClient) History(ctx context.Context, in *HistoryRequest, opts ...g
 	return out, nil
 }
 
+func (c *adminClient) LeasesStopped(ctx context.Context, in *LeasesStoppedRequest, opts ...grpc.CallOption) (*LeasesStoppedResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeasesStoppedResponse)
+	err := c.cc.Invoke(ctx, Admin_LeasesStopped_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -203,6 +219,11 @@ type AdminServer interface {
 	Failover(context.Context, *FailoverRequest) (*FailoverResponse, error)
 	// History lists a group's failovers, newest last, and the one in progress.
 	History(context.Context, *HistoryRequest) (*HistoryResponse, error)
+	// LeasesStopped is asked by the leader of every other observer before it
+	// counts on lease expiry: it answers once the answering observer has
+	// applied the failover of `epoch` and no lease of its own to the old
+	// primary can still be on its way. Observers only.
+	LeasesStopped(context.Context, *LeasesStoppedRequest) (*LeasesStoppedResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -239,6 +260,9 @@ func (UnimplementedAdminServer) Failover(context.Context, *FailoverRequest) (*Fa
 }
 func (UnimplementedAdminServer) History(context.Context, *HistoryRequest) (*HistoryResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method History not implemented")
+}
+func (UnimplementedAdminServer) LeasesStopped(context.Context, *LeasesStoppedRequest) (*LeasesStoppedResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LeasesStopped not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -416,6 +440,24 @@ func _Admin_History_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_LeasesStopped_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeasesStoppedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).LeasesStopped(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_LeasesStopped_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).LeasesStopped(ctx, req.(*LeasesStoppedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -454,6 +496,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "History",
 			Handler:    _Admin_History_Handler,
+		},
+		{
+			MethodName: "LeasesStopped",
+			Handler:    _Admin_LeasesStopped_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -201,12 +201,19 @@ func (x *AgentFenceRequest) GetObserver() string {
 
 type AgentFenceResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The host-local fence succeeded (or none is configured and the VIP is gone).
-	Confirmed     bool   `protobuf:"varint,1,opt,name=confirmed,proto3" json:"confirmed,omitempty"`
-	Detail        string `protobuf:"bytes,2,opt,name=detail,proto3" json:"detail,omitempty"`
-	HighestEpoch  uint64 `protobuf:"varint,3,opt,name=highest_epoch,json=highestEpoch,proto3" json:"highest_epoch,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Every fence this agent has for the group succeeded: the VIP is gone,
+	// the database fence (if configured) is in force, and the fence command
+	// (if any) exited 0.
+	Confirmed    bool   `protobuf:"varint,1,opt,name=confirmed,proto3" json:"confirmed,omitempty"`
+	Detail       string `protobuf:"bytes,2,opt,name=detail,proto3" json:"detail,omitempty"`
+	HighestEpoch uint64 `protobuf:"varint,3,opt,name=highest_epoch,json=highestEpoch,proto3" json:"highest_epoch,omitempty"`
+	// The VIP is not on this host.
+	TrafficFenced bool `protobuf:"varint,4,opt,name=traffic_fenced,json=trafficFenced,proto3" json:"traffic_fenced,omitempty"`
+	// The agent's database fence is in force: no client outside the host
+	// can reach the database port, and client sessions were terminated.
+	DatabaseFenced bool `protobuf:"varint,5,opt,name=database_fenced,json=databaseFenced,proto3" json:"database_fenced,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *AgentFenceResponse) Reset() {
@@ -258,6 +265,20 @@ func (x *AgentFenceResponse) GetHighestEpoch() uint64 {
 		return x.HighestEpoch
 	}
 	return 0
+}
+
+func (x *AgentFenceResponse) GetTrafficFenced() bool {
+	if x != nil {
+		return x.TrafficFenced
+	}
+	return false
+}
+
+func (x *AgentFenceResponse) GetDatabaseFenced() bool {
+	if x != nil {
+		return x.DatabaseFenced
+	}
+	return false
 }
 
 type LeaseRequest struct {
@@ -333,9 +354,14 @@ type LeaseResponse struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
 	HighestEpoch uint64                 `protobuf:"varint,1,opt,name=highest_epoch,json=highestEpoch,proto3" json:"highest_epoch,omitempty"`
 	// The agent holds the VIP now.
-	Holding       bool `protobuf:"varint,2,opt,name=holding,proto3" json:"holding,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Holding bool `protobuf:"varint,2,opt,name=holding,proto3" json:"holding,omitempty"`
+	// The agent fences the database itself when it loses its lease quorum
+	// (a database fence is configured for the group).
+	DatabaseFence bool `protobuf:"varint,3,opt,name=database_fence,json=databaseFence,proto3" json:"database_fence,omitempty"`
+	// The lease_timeout the agent enforces, in milliseconds.
+	LeaseTimeoutMs int64 `protobuf:"varint,4,opt,name=lease_timeout_ms,json=leaseTimeoutMs,proto3" json:"lease_timeout_ms,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *LeaseResponse) Reset() {
@@ -380,6 +406,20 @@ func (x *LeaseResponse) GetHolding() bool {
 		return x.Holding
 	}
 	return false
+}
+
+func (x *LeaseResponse) GetDatabaseFence() bool {
+	if x != nil {
+		return x.DatabaseFence
+	}
+	return false
+}
+
+func (x *LeaseResponse) GetLeaseTimeoutMs() int64 {
+	if x != nil {
+		return x.LeaseTimeoutMs
+	}
+	return 0
 }
 
 type AgentStatusRequest struct {
@@ -429,8 +469,12 @@ type AgentGroupStatus struct {
 	// Observers whose lease for this host is current.
 	LeaseObservers []string `protobuf:"bytes,7,rep,name=lease_observers,json=leaseObservers,proto3" json:"lease_observers,omitempty"`
 	Fenced         bool     `protobuf:"varint,8,opt,name=fenced,proto3" json:"fenced,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The database fence is in force on this host.
+	DatabaseFenced bool `protobuf:"varint,9,opt,name=database_fenced,json=databaseFenced,proto3" json:"database_fenced,omitempty"`
+	// The configured database fence, e.g. "postgres port 5432", or empty.
+	DatabaseFence string `protobuf:"bytes,10,opt,name=database_fence,json=databaseFence,proto3" json:"database_fence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AgentGroupStatus) Reset() {
@@ -519,6 +563,20 @@ func (x *AgentGroupStatus) GetFenced() bool {
 	return false
 }
 
+func (x *AgentGroupStatus) GetDatabaseFenced() bool {
+	if x != nil {
+		return x.DatabaseFenced
+	}
+	return false
+}
+
+func (x *AgentGroupStatus) GetDatabaseFence() string {
+	if x != nil {
+		return x.DatabaseFence
+	}
+	return ""
+}
+
 type AgentStatusResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -587,20 +645,24 @@ const file_vigil_v1_agent_proto_rawDesc = "" +
 	"\x11AgentFenceRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x1a\n" +
-	"\bobserver\x18\x03 \x01(\tR\bobserver\"o\n" +
+	"\bobserver\x18\x03 \x01(\tR\bobserver\"\xbf\x01\n" +
 	"\x12AgentFenceResponse\x12\x1c\n" +
 	"\tconfirmed\x18\x01 \x01(\bR\tconfirmed\x12\x16\n" +
 	"\x06detail\x18\x02 \x01(\tR\x06detail\x12#\n" +
-	"\rhighest_epoch\x18\x03 \x01(\x04R\fhighestEpoch\"p\n" +
+	"\rhighest_epoch\x18\x03 \x01(\x04R\fhighestEpoch\x12%\n" +
+	"\x0etraffic_fenced\x18\x04 \x01(\bR\rtrafficFenced\x12'\n" +
+	"\x0fdatabase_fenced\x18\x05 \x01(\bR\x0edatabaseFenced\"p\n" +
 	"\fLeaseRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x1a\n" +
 	"\bobserver\x18\x03 \x01(\tR\bobserver\x12\x18\n" +
-	"\aprimary\x18\x04 \x01(\tR\aprimary\"N\n" +
+	"\aprimary\x18\x04 \x01(\tR\aprimary\"\x9f\x01\n" +
 	"\rLeaseResponse\x12#\n" +
 	"\rhighest_epoch\x18\x01 \x01(\x04R\fhighestEpoch\x12\x18\n" +
-	"\aholding\x18\x02 \x01(\bR\aholding\"\x14\n" +
-	"\x12AgentStatusRequest\"\xf0\x01\n" +
+	"\aholding\x18\x02 \x01(\bR\aholding\x12%\n" +
+	"\x0edatabase_fence\x18\x03 \x01(\bR\rdatabaseFence\x12(\n" +
+	"\x10lease_timeout_ms\x18\x04 \x01(\x03R\x0eleaseTimeoutMs\"\x14\n" +
+	"\x12AgentStatusRequest\"\xc0\x02\n" +
 	"\x10AgentGroupStatus\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x16\n" +
 	"\x06member\x18\x02 \x01(\tR\x06member\x12\x10\n" +
@@ -609,7 +671,10 @@ const file_vigil_v1_agent_proto_rawDesc = "" +
 	"\rhighest_epoch\x18\x05 \x01(\x04R\fhighestEpoch\x12\x18\n" +
 	"\aholding\x18\x06 \x01(\bR\aholding\x12'\n" +
 	"\x0flease_observers\x18\a \x03(\tR\x0eleaseObservers\x12\x16\n" +
-	"\x06fenced\x18\b \x01(\bR\x06fenced\"]\n" +
+	"\x06fenced\x18\b \x01(\bR\x06fenced\x12'\n" +
+	"\x0fdatabase_fenced\x18\t \x01(\bR\x0edatabaseFenced\x12%\n" +
+	"\x0edatabase_fence\x18\n" +
+	" \x01(\tR\rdatabaseFence\"]\n" +
 	"\x13AgentStatusResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x122\n" +
 	"\x06groups\x18\x02 \x03(\v2\x1a.vigil.v1.AgentGroupStatusR\x06groups2\xc1\x02\n" +

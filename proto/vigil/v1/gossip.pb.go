@@ -191,7 +191,10 @@ type WireVote struct {
 	// Milliseconds between the observation and sending it.
 	AgeMs uint32 `protobuf:"varint,7,opt,name=age_ms,json=ageMs,proto3" json:"age_ms,omitempty"`
 	// Strictly increasing per observer, also across restarts.
-	Sequence      uint64 `protobuf:"varint,8,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	Sequence uint64 `protobuf:"varint,8,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// A primary that starts new sessions read-only (fenced): up, but not a
+	// writable primary.
+	ReadOnly      bool `protobuf:"varint,9,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -282,6 +285,13 @@ func (x *WireVote) GetSequence() uint64 {
 	return 0
 }
 
+func (x *WireVote) GetReadOnly() bool {
+	if x != nil {
+		return x.ReadOnly
+	}
+	return false
+}
+
 var File_vigil_v1_gossip_proto protoreflect.FileDescriptor
 
 const file_vigil_v1_gossip_proto_rawDesc = "" +
@@ -289,7 +299,7 @@ const file_vigil_v1_gossip_proto_rawDesc = "" +
 	"\x15vigil/v1/gossip.proto\x12\bvigil.v1\"Q\n" +
 	"\tVoteBatch\x12\x1a\n" +
 	"\bobserver\x18\x01 \x01(\tR\bobserver\x12(\n" +
-	"\x05votes\x18\x02 \x03(\v2\x12.vigil.v1.WireVoteR\x05votes\"\xf2\x01\n" +
+	"\x05votes\x18\x02 \x03(\v2\x12.vigil.v1.WireVoteR\x05votes\"\x8f\x02\n" +
 	"\bWireVote\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x16\n" +
 	"\x06member\x18\x02 \x01(\tR\x06member\x12+\n" +
@@ -298,7 +308,8 @@ const file_vigil_v1_gossip_proto_rawDesc = "" +
 	"\awal_lsn\x18\x05 \x01(\x04R\x06walLsn\x12\x1b\n" +
 	"\tlag_bytes\x18\x06 \x01(\x03R\blagBytes\x12\x15\n" +
 	"\x06age_ms\x18\a \x01(\rR\x05ageMs\x12\x1a\n" +
-	"\bsequence\x18\b \x01(\x04R\bsequence*D\n" +
+	"\bsequence\x18\b \x01(\x04R\bsequence\x12\x1b\n" +
+	"\tread_only\x18\t \x01(\bR\breadOnly*D\n" +
 	"\aVerdict\x12\x17\n" +
 	"\x13VERDICT_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +

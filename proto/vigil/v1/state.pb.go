@@ -323,7 +323,15 @@ type Group struct {
 	// The failover in progress, if any: a new leader resumes it.
 	ActiveFailover *Failover `protobuf:"bytes,11,opt,name=active_failover,json=activeFailover,proto3" json:"active_failover,omitempty"`
 	// Finished failovers, newest last; bounded.
-	Failovers     []*Failover `protobuf:"bytes,12,rep,name=failovers,proto3" json:"failovers,omitempty"`
+	Failovers []*Failover `protobuf:"bytes,12,rep,name=failovers,proto3" json:"failovers,omitempty"`
+	// No automatic failover before this time (a vetoed or aborted failover
+	// backs off). Written with the command's own time; each observer also
+	// counts the back-off from when it applied the command (monotonic).
+	BackoffUntil  *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=backoff_until,json=backoffUntil,proto3" json:"backoff_until,omitempty"`
+	BackoffReason string                 `protobuf:"bytes,14,opt,name=backoff_reason,json=backoffReason,proto3" json:"backoff_reason,omitempty"`
+	// How long the back-off lasts, counted from backoff_set_at.
+	BackoffMs     int64                  `protobuf:"varint,15,opt,name=backoff_ms,json=backoffMs,proto3" json:"backoff_ms,omitempty"`
+	BackoffSetAt  *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=backoff_set_at,json=backoffSetAt,proto3" json:"backoff_set_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -438,6 +446,34 @@ func (x *Group) GetActiveFailover() *Failover {
 func (x *Group) GetFailovers() []*Failover {
 	if x != nil {
 		return x.Failovers
+	}
+	return nil
+}
+
+func (x *Group) GetBackoffUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.BackoffUntil
+	}
+	return nil
+}
+
+func (x *Group) GetBackoffReason() string {
+	if x != nil {
+		return x.BackoffReason
+	}
+	return ""
+}
+
+func (x *Group) GetBackoffMs() int64 {
+	if x != nil {
+		return x.BackoffMs
+	}
+	return 0
+}
+
+func (x *Group) GetBackoffSetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.BackoffSetAt
 	}
 	return nil
 }
@@ -591,7 +627,10 @@ type FailoverStep struct {
 	// Observer (leader) that performed it.
 	Observer string `protobuf:"bytes,4,opt,name=observer,proto3" json:"observer,omitempty"`
 	// How long the action took before it was committed.
-	DurationMs    int64 `protobuf:"varint,5,opt,name=duration_ms,json=durationMs,proto3" json:"duration_ms,omitempty"`
+	DurationMs int64 `protobuf:"varint,5,opt,name=duration_ms,json=durationMs,proto3" json:"duration_ms,omitempty"`
+	// The step ran out of its retry budget without succeeding (e.g. no
+	// router could move the traffic); the failover goes on, and says so.
+	Failed        bool `protobuf:"varint,6,opt,name=failed,proto3" json:"failed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -659,6 +698,13 @@ func (x *FailoverStep) GetDurationMs() int64 {
 		return x.DurationMs
 	}
 	return 0
+}
+
+func (x *FailoverStep) GetFailed() bool {
+	if x != nil {
+		return x.Failed
+	}
+	return false
 }
 
 // State is the whole replicated state, as written to a snapshot.
@@ -731,6 +777,7 @@ type Command struct {
 	//	*Command_StartFailover
 	//	*Command_RecordFailoverStep
 	//	*Command_FinishFailover
+	//	*Command_SetBackoff
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -839,6 +886,15 @@ func (x *Command) GetFinishFailover() *FinishFailover {
 	return nil
 }
 
+func (x *Command) GetSetBackoff() *SetBackoff {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_SetBackoff); ok {
+			return x.SetBackoff
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -863,6 +919,10 @@ type Command_FinishFailover struct {
 	FinishFailover *FinishFailover `protobuf:"bytes,14,opt,name=finish_failover,json=finishFailover,proto3,oneof"`
 }
 
+type Command_SetBackoff struct {
+	SetBackoff *SetBackoff `protobuf:"bytes,15,opt,name=set_backoff,json=setBackoff,proto3,oneof"`
+}
+
 func (*Command_SyncGroups) isCommand_Cmd() {}
 
 func (*Command_SetPaused) isCommand_Cmd() {}
@@ -872,6 +932,8 @@ func (*Command_StartFailover) isCommand_Cmd() {}
 func (*Command_RecordFailoverStep) isCommand_Cmd() {}
 
 func (*Command_FinishFailover) isCommand_Cmd() {}
+
+func (*Command_SetBackoff) isCommand_Cmd() {}
 
 // SyncGroups makes the set of groups equal to `groups`: new groups are
 // created with their initial primary and epoch 0, existing ones keep their
@@ -1146,8 +1208,10 @@ type FinishFailover struct {
 	Group string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
 	Epoch uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	// completed or aborted
-	Outcome       string `protobuf:"bytes,3,opt,name=outcome,proto3" json:"outcome,omitempty"`
-	Detail        string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
+	Outcome string `protobuf:"bytes,3,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	Detail  string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
+	// For an abort: no automatic failover of the group for this long.
+	BackoffMs     int64 `protobuf:"varint,5,opt,name=backoff_ms,json=backoffMs,proto3" json:"backoff_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1210,6 +1274,75 @@ func (x *FinishFailover) GetDetail() string {
 	return ""
 }
 
+func (x *FinishFailover) GetBackoffMs() int64 {
+	if x != nil {
+		return x.BackoffMs
+	}
+	return 0
+}
+
+// SetBackoff holds automatic failovers of a group off for duration_ms
+// from the command's time (a pre_failover hook vetoed one). Zero clears.
+type SetBackoff struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	DurationMs    int64                  `protobuf:"varint,2,opt,name=duration_ms,json=durationMs,proto3" json:"duration_ms,omitempty"`
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetBackoff) Reset() {
+	*x = SetBackoff{}
+	mi := &file_vigil_v1_state_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetBackoff) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetBackoff) ProtoMessage() {}
+
+func (x *SetBackoff) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_v1_state_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetBackoff.ProtoReflect.Descriptor instead.
+func (*SetBackoff) Descriptor() ([]byte, []int) {
+	return file_vigil_v1_state_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *SetBackoff) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *SetBackoff) GetDurationMs() int64 {
+	if x != nil {
+		return x.DurationMs
+	}
+	return 0
+}
+
+func (x *SetBackoff) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 var File_vigil_v1_state_proto protoreflect.FileDescriptor
 
 const file_vigil_v1_state_proto_rawDesc = "" +
@@ -1243,7 +1376,7 @@ const file_vigil_v1_state_proto_rawDesc = "" +
 	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x16\n" +
 	"\x06detail\x18\x04 \x01(\tR\x06detail\x12\x14\n" +
 	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\x12\x14\n" +
-	"\x05actor\x18\x06 \x01(\tR\x05actor\"\xac\x04\n" +
+	"\x05actor\x18\x06 \x01(\tR\x05actor\"\xf5\x05\n" +
 	"\x05Group\x12'\n" +
 	"\x04spec\x18\x01 \x01(\v2\x13.vigil.v1.GroupSpecR\x04spec\x12\x18\n" +
 	"\aprimary\x18\x02 \x01(\tR\aprimary\x12\x14\n" +
@@ -1259,7 +1392,12 @@ const file_vigil_v1_state_proto_rawDesc = "" +
 	"\ahistory\x18\n" +
 	" \x03(\v2\x0f.vigil.v1.EventR\ahistory\x12;\n" +
 	"\x0factive_failover\x18\v \x01(\v2\x12.vigil.v1.FailoverR\x0eactiveFailover\x120\n" +
-	"\tfailovers\x18\f \x03(\v2\x12.vigil.v1.FailoverR\tfailovers\"\xcb\x03\n" +
+	"\tfailovers\x18\f \x03(\v2\x12.vigil.v1.FailoverR\tfailovers\x12?\n" +
+	"\rbackoff_until\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\fbackoffUntil\x12%\n" +
+	"\x0ebackoff_reason\x18\x0e \x01(\tR\rbackoffReason\x12\x1d\n" +
+	"\n" +
+	"backoff_ms\x18\x0f \x01(\x03R\tbackoffMs\x12@\n" +
+	"\x0ebackoff_set_at\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\fbackoffSetAt\"\xcb\x03\n" +
 	"\bFailover\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x1f\n" +
@@ -1278,17 +1416,18 @@ const file_vigil_v1_state_proto_rawDesc = "" +
 	" \x01(\tR\aoutcome\x12%\n" +
 	"\x0eoutcome_detail\x18\v \x01(\tR\routcomeDetail\x12;\n" +
 	"\vfinished_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"finishedAt\"\xa3\x01\n" +
+	"finishedAt\"\xbb\x01\n" +
 	"\fFailoverStep\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12*\n" +
 	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x16\n" +
 	"\x06detail\x18\x03 \x01(\tR\x06detail\x12\x1a\n" +
 	"\bobserver\x18\x04 \x01(\tR\bobserver\x12\x1f\n" +
 	"\vduration_ms\x18\x05 \x01(\x03R\n" +
-	"durationMs\"U\n" +
+	"durationMs\x12\x16\n" +
+	"\x06failed\x18\x06 \x01(\bR\x06failed\"U\n" +
 	"\x05State\x12'\n" +
 	"\x06groups\x18\x01 \x03(\v2\x0f.vigil.v1.GroupR\x06groups\x12#\n" +
-	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\"\xc1\x03\n" +
+	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\"\xfa\x03\n" +
 	"\aCommand\x12%\n" +
 	"\x0eignore_unknown\x18\x01 \x01(\bR\rignoreUnknown\x12*\n" +
 	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x14\n" +
@@ -1300,7 +1439,9 @@ const file_vigil_v1_state_proto_rawDesc = "" +
 	"set_paused\x18\v \x01(\v2\x13.vigil.v1.SetPausedH\x00R\tsetPaused\x12@\n" +
 	"\x0estart_failover\x18\f \x01(\v2\x17.vigil.v1.StartFailoverH\x00R\rstartFailover\x12P\n" +
 	"\x14record_failover_step\x18\r \x01(\v2\x1c.vigil.v1.RecordFailoverStepH\x00R\x12recordFailoverStep\x12C\n" +
-	"\x0ffinish_failover\x18\x0e \x01(\v2\x18.vigil.v1.FinishFailoverH\x00R\x0efinishFailoverB\x05\n" +
+	"\x0ffinish_failover\x18\x0e \x01(\v2\x18.vigil.v1.FinishFailoverH\x00R\x0efinishFailover\x127\n" +
+	"\vset_backoff\x18\x0f \x01(\v2\x14.vigil.v1.SetBackoffH\x00R\n" +
+	"setBackoffB\x05\n" +
 	"\x03cmd\"9\n" +
 	"\n" +
 	"SyncGroups\x12+\n" +
@@ -1322,12 +1463,20 @@ const file_vigil_v1_state_proto_rawDesc = "" +
 	"\x12RecordFailoverStep\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12*\n" +
-	"\x04step\x18\x03 \x01(\v2\x16.vigil.v1.FailoverStepR\x04step\"n\n" +
+	"\x04step\x18\x03 \x01(\v2\x16.vigil.v1.FailoverStepR\x04step\"\x8d\x01\n" +
 	"\x0eFinishFailover\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x18\n" +
 	"\aoutcome\x18\x03 \x01(\tR\aoutcome\x12\x16\n" +
-	"\x06detail\x18\x04 \x01(\tR\x06detailB1Z/github.com/vigilha/vigil/proto/vigil/v1;vigilv1b\x06proto3"
+	"\x06detail\x18\x04 \x01(\tR\x06detail\x12\x1d\n" +
+	"\n" +
+	"backoff_ms\x18\x05 \x01(\x03R\tbackoffMs\"[\n" +
+	"\n" +
+	"SetBackoff\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x1f\n" +
+	"\vduration_ms\x18\x02 \x01(\x03R\n" +
+	"durationMs\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reasonB1Z/github.com/vigilha/vigil/proto/vigil/v1;vigilv1b\x06proto3"
 
 var (
 	file_vigil_v1_state_proto_rawDescOnce sync.Once
@@ -1341,7 +1490,7 @@ func file_vigil_v1_state_proto_rawDescGZIP() []byte {
 	return file_vigil_v1_state_proto_rawDescData
 }
 
-var file_vigil_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_vigil_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_vigil_v1_state_proto_goTypes = []any{
 	(*MemberSpec)(nil),            // 0: vigil.v1.MemberSpec
 	(*GroupSpec)(nil),             // 1: vigil.v1.GroupSpec
@@ -1356,39 +1505,43 @@ var file_vigil_v1_state_proto_goTypes = []any{
 	(*StartFailover)(nil),         // 10: vigil.v1.StartFailover
 	(*RecordFailoverStep)(nil),    // 11: vigil.v1.RecordFailoverStep
 	(*FinishFailover)(nil),        // 12: vigil.v1.FinishFailover
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(*SetBackoff)(nil),            // 13: vigil.v1.SetBackoff
+	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
 }
 var file_vigil_v1_state_proto_depIdxs = []int32{
 	0,  // 0: vigil.v1.GroupSpec.members:type_name -> vigil.v1.MemberSpec
-	13, // 1: vigil.v1.Event.at:type_name -> google.protobuf.Timestamp
+	14, // 1: vigil.v1.Event.at:type_name -> google.protobuf.Timestamp
 	1,  // 2: vigil.v1.Group.spec:type_name -> vigil.v1.GroupSpec
-	13, // 3: vigil.v1.Group.paused_at:type_name -> google.protobuf.Timestamp
-	13, // 4: vigil.v1.Group.created_at:type_name -> google.protobuf.Timestamp
-	13, // 5: vigil.v1.Group.updated_at:type_name -> google.protobuf.Timestamp
-	13, // 6: vigil.v1.Group.last_failover_at:type_name -> google.protobuf.Timestamp
+	14, // 3: vigil.v1.Group.paused_at:type_name -> google.protobuf.Timestamp
+	14, // 4: vigil.v1.Group.created_at:type_name -> google.protobuf.Timestamp
+	14, // 5: vigil.v1.Group.updated_at:type_name -> google.protobuf.Timestamp
+	14, // 6: vigil.v1.Group.last_failover_at:type_name -> google.protobuf.Timestamp
 	2,  // 7: vigil.v1.Group.history:type_name -> vigil.v1.Event
 	4,  // 8: vigil.v1.Group.active_failover:type_name -> vigil.v1.Failover
 	4,  // 9: vigil.v1.Group.failovers:type_name -> vigil.v1.Failover
-	13, // 10: vigil.v1.Failover.started_at:type_name -> google.protobuf.Timestamp
-	13, // 11: vigil.v1.Failover.odown_at:type_name -> google.protobuf.Timestamp
-	5,  // 12: vigil.v1.Failover.steps:type_name -> vigil.v1.FailoverStep
-	13, // 13: vigil.v1.Failover.finished_at:type_name -> google.protobuf.Timestamp
-	13, // 14: vigil.v1.FailoverStep.at:type_name -> google.protobuf.Timestamp
-	3,  // 15: vigil.v1.State.groups:type_name -> vigil.v1.Group
-	13, // 16: vigil.v1.Command.at:type_name -> google.protobuf.Timestamp
-	8,  // 17: vigil.v1.Command.sync_groups:type_name -> vigil.v1.SyncGroups
-	9,  // 18: vigil.v1.Command.set_paused:type_name -> vigil.v1.SetPaused
-	10, // 19: vigil.v1.Command.start_failover:type_name -> vigil.v1.StartFailover
-	11, // 20: vigil.v1.Command.record_failover_step:type_name -> vigil.v1.RecordFailoverStep
-	12, // 21: vigil.v1.Command.finish_failover:type_name -> vigil.v1.FinishFailover
-	1,  // 22: vigil.v1.SyncGroups.groups:type_name -> vigil.v1.GroupSpec
-	13, // 23: vigil.v1.StartFailover.odown_at:type_name -> google.protobuf.Timestamp
-	5,  // 24: vigil.v1.RecordFailoverStep.step:type_name -> vigil.v1.FailoverStep
-	25, // [25:25] is the sub-list for method output_type
-	25, // [25:25] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	14, // 10: vigil.v1.Group.backoff_until:type_name -> google.protobuf.Timestamp
+	14, // 11: vigil.v1.Group.backoff_set_at:type_name -> google.protobuf.Timestamp
+	14, // 12: vigil.v1.Failover.started_at:type_name -> google.protobuf.Timestamp
+	14, // 13: vigil.v1.Failover.odown_at:type_name -> google.protobuf.Timestamp
+	5,  // 14: vigil.v1.Failover.steps:type_name -> vigil.v1.FailoverStep
+	14, // 15: vigil.v1.Failover.finished_at:type_name -> google.protobuf.Timestamp
+	14, // 16: vigil.v1.FailoverStep.at:type_name -> google.protobuf.Timestamp
+	3,  // 17: vigil.v1.State.groups:type_name -> vigil.v1.Group
+	14, // 18: vigil.v1.Command.at:type_name -> google.protobuf.Timestamp
+	8,  // 19: vigil.v1.Command.sync_groups:type_name -> vigil.v1.SyncGroups
+	9,  // 20: vigil.v1.Command.set_paused:type_name -> vigil.v1.SetPaused
+	10, // 21: vigil.v1.Command.start_failover:type_name -> vigil.v1.StartFailover
+	11, // 22: vigil.v1.Command.record_failover_step:type_name -> vigil.v1.RecordFailoverStep
+	12, // 23: vigil.v1.Command.finish_failover:type_name -> vigil.v1.FinishFailover
+	13, // 24: vigil.v1.Command.set_backoff:type_name -> vigil.v1.SetBackoff
+	1,  // 25: vigil.v1.SyncGroups.groups:type_name -> vigil.v1.GroupSpec
+	14, // 26: vigil.v1.StartFailover.odown_at:type_name -> google.protobuf.Timestamp
+	5,  // 27: vigil.v1.RecordFailoverStep.step:type_name -> vigil.v1.FailoverStep
+	28, // [28:28] is the sub-list for method output_type
+	28, // [28:28] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_vigil_v1_state_proto_init() }
@@ -1402,6 +1555,7 @@ func file_vigil_v1_state_proto_init() {
 		(*Command_StartFailover)(nil),
 		(*Command_RecordFailoverStep)(nil),
 		(*Command_FinishFailover)(nil),
+		(*Command_SetBackoff)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1409,7 +1563,7 @@ func file_vigil_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vigil_v1_state_proto_rawDesc), len(file_vigil_v1_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,191 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/vigilha/vigil/failover"
+	vigilv1 "github.com/vigilha/vigil/proto/vigil/v1"
+)
+
+// leaseExpiry is the fence method for an old primary's host that no
+// observer can reach: its node agent, cut off from the observers' leases,
+// drops the VIP (and fences the database, with its database fence) on its
+// own within lease_timeout. That counts as a fence only when it is really
+// enforced there, so Fence confirms only if all of these hold:
+//
+//   - the host is unreachable from this observer (a TCP connect to the
+//     agent times out; a refused or accepted connection means the host is
+//     up and its agent dead or hung, and nothing enforces the lease), and
+//     the old primary is ODOWN (a quorum of observers sees it down);
+//   - the agent was seen alive and enforcing leases up to the cut: it
+//     answered this observer's lease no longer than the detection window
+//     (down_after + 2 probe intervals + lease_timeout + 1s) before this
+//     observer applied the failover's intent;
+//   - enough observers have stopped leasing it that fewer than a quorum
+//     can still be: this observer, and N−quorum others that answered
+//     LeasesStopped (each answers only once it applied the intent and has
+//     no lease call in flight).
+//
+// It then waits, on this observer's monotonic clock, until the moment the
+// last of those observers stopped + the agent's lease_timeout + one lease
+// call timeout (a lease sent just before may still arrive) + 10% + 100ms,
+// and reports the traffic fenced and, if the agent said it has a database
+// fence, the database too. Reasoning: failover/DESIGN.md ("Clocks").
+type leaseExpiry struct {
+	o            *Observer
+	group        string
+	leaseTimeout time.Duration
+	window       time.Duration
+}
+
+var _ failover.Fencer = leaseExpiry{}
+
+func (l leaseExpiry) Fence(ctx context.Context, a failover.Action) (failover.FenceResult, error) {
+	o := l.o
+	no := func(format string, args ...any) (failover.FenceResult, error) {
+		msg := "lease expiry not counted: " + fmt.Sprintf(format, args...)
+		return failover.FenceResult{Detail: msg}, errors.New(msg)
+	}
+	addr, ok := o.agents.AgentAddr(a.Group, a.Old.Name)
+	if !ok {
+		return no("%s has no node agent", a.Old.Name)
+	}
+	rec, ok := o.leases.record(a.Group, a.Old.Name)
+	if !ok || rec.lastOK.IsZero() {
+		return no("this observer never saw %s's agent answer a lease", a.Old.Name)
+	}
+	if rec.refusedAfterOK {
+		return no("%s's agent refused a lease connection after its last answer (%s): its host is up and the agent is not running", a.Old.Name, rec.lastErr)
+	}
+	anchor := time.Now()
+	if t, ok := o.seen.intent(a.Group, a.Epoch); ok {
+		anchor = t
+	}
+	if gap := anchor.Sub(rec.lastOK); gap > l.window {
+		return no("%s's agent last answered a lease %s before the failover (more than %s): it may have been dead before the cut", a.Old.Name, gap.Round(time.Millisecond), l.window)
+	}
+	if reach := dialClass(ctx, addr, 500*time.Millisecond); reach != "timeout" {
+		return no("%s's agent host at %s answers (%s) but its agent did not fence: nothing enforces its lease", a.Old.Name, addr, reach)
+	}
+	if odown, _ := o.monitor.ODown(a.Group, a.Old.Name); !odown {
+		return no("%s is not ODOWN: a quorum of observers does not see it down", a.Old.Name)
+	}
+	stopped, err := o.quorumStoppedLeasing(ctx, a.Group, a.Epoch, a.Old.Name)
+	if err != nil {
+		return no("%v", err)
+	}
+	lt := max(l.leaseTimeout, rec.leaseTimeout)
+	until := stopped.Add(lt + o.agents.LeaseCallTimeout() + lt/10 + 100*time.Millisecond)
+	if d := time.Until(until); d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return failover.FenceResult{}, fmt.Errorf("wait for %s's lease to expire: %w", a.Old.Name, ctx.Err())
+		case <-t.C:
+		}
+	}
+	what := "the VIP"
+	if rec.dbFence {
+		what = "the VIP and fenced the database"
+	}
+	return failover.FenceResult{Confirmed: rec.dbFence, Traffic: true, Detail: fmt.Sprintf(
+		"lease expired: %s's node agent, last seen enforcing leases %s before the failover and now unreachable, dropped %s on its own (lease_timeout %s)",
+		a.Old.Name, anchor.Sub(rec.lastOK).Round(time.Millisecond), what, lt)}, nil
+}
+
+// dialClass connects to addr and says how it went: "connected",
+// "refused" (the host is up, nothing listens), or "timeout" (no answer:
+// unreachable, or the host is down).
+func dialClass(ctx context.Context, addr string, timeout time.Duration) string {
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c, err := (&net.Dialer{}).DialContext(dctx, "tcp", addr)
+	if err == nil {
+		_ = c.Close()
+		return "connected"
+	}
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		return "refused"
+	}
+	return "timeout"
+}
+
+// quorumStoppedLeasing waits until this observer and N−quorum others
+// have stopped leasing member (for the failover of epoch), and returns
+// when the last of them that was needed did, on this observer's clock.
+func (o *Observer) quorumStoppedLeasing(ctx context.Context, group string, epoch uint64, member string) (time.Time, error) {
+	self, err := o.leasesStopped(ctx, group, epoch)
+	if err != nil {
+		return time.Time{}, err
+	}
+	need := len(o.cfg.Observers) - o.cfg.QuorumSize()
+	if need <= 0 {
+		return self, nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, peerTimeout)
+	defer cancel()
+	acks := make(chan time.Time, len(o.cfg.Observers))
+	var wg sync.WaitGroup
+	errs := make([]string, 0, len(o.cfg.Observers))
+	var mu sync.Mutex
+	for _, ob := range o.cfg.Observers {
+		if ob.ID == o.cfg.NodeID {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := o.peers.client(ob.GRPC)
+			if err == nil {
+				_, err = c.LeasesStopped(cctx, &vigilv1.LeasesStoppedRequest{Group: group, Epoch: epoch, Member: member})
+			}
+			if err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Sprintf("%s: %v", ob.ID, err))
+				mu.Unlock()
+				return
+			}
+			acks <- time.Now()
+		}()
+	}
+	go func() { wg.Wait(); close(acks) }()
+	last := self
+	got := 0
+	for t := range acks {
+		got++
+		if t.After(last) {
+			last = t
+		}
+		if got == need {
+			return last, nil
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return time.Time{}, fmt.Errorf("only %d of the %d other observers needed confirmed they stopped leasing %s: %v", got, need, member, errs)
+}
+
+// LeasesStopped answers once this observer stopped leasing the old
+// primary of the group's failover of epoch (see leasesStopped).
+func (s *adminServer) LeasesStopped(ctx context.Context, req *vigilv1.LeasesStoppedRequest) (*vigilv1.LeasesStoppedResponse, error) {
+	if err := checkGroupName("group", req.GetGroup()); err != nil {
+		return nil, err
+	}
+	if req.GetEpoch() == 0 {
+		return nil, status.Error(codes.InvalidArgument, "epoch: 0 is not the epoch of a failover")
+	}
+	if _, err := s.o.leasesStopped(ctx, req.GetGroup(), req.GetEpoch()); err != nil {
+		return nil, toStatus(err)
+	}
+	return &vigilv1.LeasesStoppedResponse{Observer: s.o.cfg.NodeID, AppliedIndex: s.o.fsm.AppliedIndex()}, nil
+}
