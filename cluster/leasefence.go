@@ -73,8 +73,13 @@ func (l leaseExpiry) Fence(ctx context.Context, a failover.Action) (failover.Fen
 	if gap := anchor.Sub(rec.lastOK); gap > l.window {
 		return no("%s's agent last answered a lease %s before the failover (more than %s): it may have been dead before the cut", a.Old.Name, gap.Round(time.Millisecond), l.window)
 	}
-	if reach := dialClass(ctx, addr, 500*time.Millisecond); reach != "timeout" {
-		return no("%s's agent host at %s answers (%s) but its agent did not fence: nothing enforces its lease", a.Old.Name, addr, reach)
+	switch dialClass(ctx, addr, 500*time.Millisecond) {
+	case "connected":
+		// The agent's own Fence (run alongside) decides; if it fails, the
+		// agent is hung and enforces nothing either.
+		return no("%s's agent answers at %s: its own fence decides", a.Old.Name, addr)
+	case "refused":
+		return no("nothing listens on %s's agent port %s: the host is up and its agent is not running, so nothing enforces its lease", a.Old.Name, addr)
 	}
 	if odown, _ := o.monitor.ODown(a.Group, a.Old.Name); !odown {
 		return no("%s is not ODOWN: a quorum of observers does not see it down", a.Old.Name)

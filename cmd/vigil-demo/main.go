@@ -122,7 +122,11 @@ func run(bin string, keep bool, mode string) error {
 	_, hapErr := exec.LookPath("haproxy")
 	switch {
 	case lab != nil:
-		stopAgents, err := startAgents(lab, vigil, dir, vip)
+		ports := make([]int, len(pg.Nodes))
+		for i, n := range pg.Nodes {
+			ports[i] = n.Port
+		}
+		stopAgents, err := startAgents(lab, vigil, dir, vip, ports)
 		if err != nil {
 			return err
 		}
@@ -659,7 +663,12 @@ func (w *writer) lost(ctx context.Context, primary string) (lost, total int, err
 }
 
 // startAgents runs `vigil node` on every database host of the lab.
-func startAgents(lab *netlab.Lab, vigil, dir, vip string) (func(), error) {
+// Each agent also fences its host's database (nftables: only the
+// observers, on the gateway, and the other database hosts may reach the
+// port while fenced) when it loses the observers' leases or the leader
+// asks it to.
+func startAgents(lab *netlab.Lab, vigil, dir, vip string, ports []int) (func(), error) {
+	allow := []string{lab.Gateway, lab.IP("db0"), lab.IP("db1"), lab.IP("db2")}
 	var cmds []*exec.Cmd
 	stop := func() {
 		for _, c := range cmds {
@@ -676,8 +685,12 @@ data_dir: %s
 observers: [obs1, obs2, obs3]
 lease_timeout: 1s
 groups:
-  - {name: pg-main, member: pg%d, vip: %s/32, interface: %s}
-`, h, lab.IP(h), filepath.Join(dir, "agent-"+h), i, vip, lab.Hosts[h].Iface)
+  - name: pg-main
+    member: pg%d
+    vip: %s/32
+    interface: %s
+    database_fence: {kind: postgres, port: %d, host: 127.0.0.1, allow_from: [%s]}
+`, h, lab.IP(h), filepath.Join(dir, "agent-"+h), i, vip, lab.Hosts[h].Iface, ports[i], strings.Join(allow, ", "))
 		path := filepath.Join(dir, "agent-"+h+".yaml")
 		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 			stop()
