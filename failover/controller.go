@@ -253,6 +253,12 @@ func (c *Controller) consider(ctx context.Context, g *vigilv1.Group) {
 		c.refreshEligibility(g)
 		return
 	}
+	if !c.selfSeesDown(name, primary) {
+		// The quorum's word alone is not enough: the leader's own fresh
+		// probe must agree, so no set of forged votes moves a primary.
+		c.setStatus(name, "primary "+primary+" is ODOWN but this observer (the leader) still sees it up: waiting for its own probe to agree")
+		return
+	}
 	switch {
 	case g.GetPaused():
 		c.setStatus(name, "paused: primary "+primary+" is ODOWN but the group is in maintenance")
@@ -303,6 +309,17 @@ func (c *Controller) consider(ctx context.Context, g *vigilv1.Group) {
 	}
 	c.setStatus(name, "")
 	c.start(ctx, name, action.Epoch, nil)
+}
+
+// selfSeesDown reports whether this observer's own latest vote about the
+// member says down (SDOWN).
+func (c *Controller) selfSeesDown(group, member string) bool {
+	for _, h := range c.opt.Health.Health(group) {
+		if h.GetMember() == member {
+			return h.GetSdown()
+		}
+	}
+	return false
 }
 
 // ensureVIP makes sure, at most every two seconds per group, that the

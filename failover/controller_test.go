@@ -44,14 +44,19 @@ func (l *memLog) VerifyLeader(context.Context) error { return nil }
 // fakeHealth: the primary is ODOWN, every standby up and streaming.
 type fakeHealth struct {
 	mu       sync.Mutex
+	selfUp   bool // this observer's own vote sees the primary up
 	odown    map[string]bool
 	routable map[string]bool
 	rogues   []string
 }
 
 func (h *fakeHealth) Health(string) []*vigilv1.MemberHealth {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	primary := mh("db1", votes("down", "unknown", 0, 0, 3))
+	primary.Sdown = !h.selfUp
 	return []*vigilv1.MemberHealth{
-		mh("db1", votes("down", "unknown", 0, 0, 3)),
+		primary,
 		mh("db2", votes("up", "standby", 100, 0, 3)),
 		mh("db3", votes("up", "standby", 90, 0, 3)),
 	}
@@ -427,5 +432,37 @@ func TestForcedFailoverGoesOnUnconfirmed(t *testing.T) {
 	}
 	if err != nil || f.GetOutcome() != fsm.OutcomeCompleted || !strings.Contains(f.GetSteps()[0].GetDetail(), "UNCONFIRMED database (forced by an operator)") {
 		t.Fatalf("forced failover: %v, %v", f, err)
+	}
+}
+
+// Issue 11: a quorum of DOWN votes is not enough when the leader's own
+// probe sees the primary up (forged votes cannot move a primary alone).
+func TestNoFailoverWhileLeaderSeesPrimaryUp(t *testing.T) {
+	pg := &fakePG{}
+	hs := newHarness(t, pgActs(pg, &countingFencer{res: FenceResult{Confirmed: true}}))
+	hs.h.mu.Lock()
+	hs.h.selfUp = true
+	hs.h.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { hs.c.Run(ctx); close(done) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(hs.c.Status("pg"), "still sees it up") {
+		if time.Now().After(deadline) {
+			t.Fatalf("status %q", hs.c.Status("pg"))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	if g, _ := hs.f.Group("pg"); g.GetEpoch() != 0 || pg.promoted != 0 {
+		t.Fatalf("failed over on other observers' votes alone: epoch %d", g.GetEpoch())
+	}
+	// Once its own probe agrees, it fails over.
+	hs.h.mu.Lock()
+	hs.h.selfUp = false
+	hs.h.mu.Unlock()
+	if g := hs.run(hs.c, finished(1)); lastFailover(g).GetOutcome() != fsm.OutcomeCompleted {
+		t.Fatalf("outcome %s", lastFailover(g).GetOutcome())
 	}
 }
