@@ -157,6 +157,7 @@ type Controller struct {
 	refence map[string]time.Time // last re-fence per group/member
 	// refencing: group/member re-fences in flight
 	refencing map[string]bool
+	rogueNote map[string]string    // rogue primaries being fenced, per group
 	ensured   map[string]time.Time // last VIP check per group
 	judged    map[string]time.Time // last eligibility refresh per group
 	runCtx    context.Context      // the current leadership's context
@@ -180,7 +181,7 @@ func NewController(opt Options) *Controller {
 	if opt.RerouteRetry <= 0 {
 		opt.RerouteRetry = 500 * time.Millisecond
 	}
-	return &Controller{opt: opt, log: opt.Logger, running: map[string]bool{}, status: map[string]string{}, refence: map[string]time.Time{}, refencing: map[string]bool{}, ensured: map[string]time.Time{}, judged: map[string]time.Time{}}
+	return &Controller{opt: opt, log: opt.Logger, running: map[string]bool{}, status: map[string]string{}, refence: map[string]time.Time{}, refencing: map[string]bool{}, rogueNote: map[string]string{}, ensured: map[string]time.Time{}, judged: map[string]time.Time{}}
 }
 
 // Run examines every group each tick until ctx (the leadership) ends, and
@@ -215,7 +216,14 @@ func (c *Controller) Run(ctx context.Context) {
 func (c *Controller) Status(group string) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.status[group]
+	s, r := c.status[group], c.rogueNote[group]
+	switch {
+	case r == "":
+		return s
+	case s == "":
+		return r
+	}
+	return s + "; " + r
 }
 
 func (c *Controller) setStatus(group, s string) {
@@ -571,7 +579,7 @@ func (c *Controller) do(ctx context.Context, g *vigilv1.Group, acts GroupActuato
 		if err := c.opt.Log.VerifyLeader(ctx); err != nil {
 			return "", "", fmt.Errorf("verify leadership before fencing: %w", err)
 		}
-		return c.fence(ctx, acts, a)
+		return c.fence(ctx, g, acts, a)
 	case fsm.StepPromoted:
 		if err := c.opt.Log.VerifyLeader(ctx); err != nil {
 			return "", "", fmt.Errorf("verify leadership before promotion: %w", err)

@@ -400,6 +400,9 @@ func TestRoguePrimaryIsFencedAgain(t *testing.T) {
 	if a.Old.Name != "db3" || a.Kind != "refence" || a.New.Name != "db1" {
 		t.Fatalf("re-fence action %+v", a)
 	}
+	if st := hs.c.Status("pg"); !strings.Contains(st, "rogue primary [db3]") {
+		t.Fatalf("controller status %q does not name the rogue primary", st)
+	}
 	if g, _ := hs.f.Group("pg"); g.GetActiveFailover() != nil || len(g.GetFailovers()) != 0 {
 		t.Fatal("a re-fence must not start a failover")
 	}

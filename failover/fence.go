@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/vigilha/vigil/fsm"
+	vigilv1 "github.com/vigilha/vigil/proto/vigil/v1"
 )
 
 // fenceOutcome is what the fence methods of one fence step made sure of.
@@ -84,7 +85,7 @@ type timeoutFn func(context.Context) (context.Context, context.CancelFunc)
 // fence: strict aborts (and pages: vigil_fence_failures_total, history),
 // best_effort goes on and says so. A switchover then waits until the new
 // primary has replayed everything the fenced old primary wrote.
-func (c *Controller) fence(ctx context.Context, acts GroupActuators, a Action) (detail, abort string, err error) {
+func (c *Controller) fence(ctx context.Context, g *vigilv1.Group, acts GroupActuators, a Action) (detail, abort string, err error) {
 	timeout := func(ctx context.Context) (context.Context, context.CancelFunc) {
 		return context.WithTimeout(ctx, acts.StepTimeout)
 	}
@@ -117,6 +118,9 @@ func (c *Controller) fence(ctx context.Context, acts GroupActuators, a Action) (
 		}
 	}
 	if switchover && acts.CatchUp != nil {
+		if note := c.cascade(ctx, g, acts, a); note != "" {
+			detail += "; " + note
+		}
 		cctx, cancel := context.WithTimeout(ctx, acts.StepTimeout)
 		defer cancel()
 		lsn, _, err := acts.CatchUp.CurrentLSN(cctx, a.Old)
@@ -131,6 +135,44 @@ func (c *Controller) fence(ctx context.Context, acts GroupActuators, a Action) (
 		detail += fmt.Sprintf("; %s caught up to %X/%X", a.New.Name, lsn>>32, uint32(lsn))
 	}
 	return detail, "", nil
+}
+
+// cascade, in a switchover, makes the other standbys stream from the
+// target before the catch-up point is read. A fenced old primary still
+// writes a little WAL (aborts of the sessions it terminated, standby
+// snapshots, autovacuum) after that point; a standby still streaming
+// from it would replay past the target's fork point and could not follow
+// the new timeline. Cascading from the target, a standby only ever gets
+// WAL the target has, so it follows the promotion. Best effort: a
+// standby that cannot be re-pointed now is tried again after promotion
+// (standbys_repointed) and named in the detail.
+func (c *Controller) cascade(ctx context.Context, g *vigilv1.Group, acts GroupActuators, a Action) string {
+	if acts.Repointer == nil || g == nil {
+		return ""
+	}
+	var ok, failed []string
+	for _, m := range g.GetSpec().GetMembers() {
+		if m.GetName() == a.New.Name || m.GetName() == a.Old.Name {
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, acts.StepTimeout)
+		err := acts.Repointer.Repoint(rctx, a, Member{Name: m.GetName(), Address: m.GetAddress()})
+		cancel()
+		if err != nil {
+			failed = append(failed, fmt.Sprintf("%s: %v", m.GetName(), err))
+			c.log.Warn("switchover: could not make a standby cascade from the target before the catch-up", "group", a.Group, "standby", m.GetName(), "err", err)
+			continue
+		}
+		ok = append(ok, m.GetName())
+	}
+	if len(ok) == 0 && len(failed) == 0 {
+		return ""
+	}
+	note := fmt.Sprintf("cascading from %s before the catch-up: [%s]", a.New.Name, strings.Join(ok, ", "))
+	if len(failed) > 0 {
+		note += "; not yet: " + strings.Join(failed, "; ")
+	}
+	return note
 }
 
 // unfence lets the old primary take writes again after an abort, when it

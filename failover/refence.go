@@ -2,6 +2,7 @@ package failover
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/vigilha/vigil/fsm"
@@ -22,6 +23,13 @@ const refenceEvery = 500 * time.Millisecond
 func (c *Controller) refenceRogues(ctx context.Context, g *vigilv1.Group) {
 	name := g.GetSpec().GetName()
 	rogues := c.opt.Health.RoguePrimaries(name)
+	c.mu.Lock()
+	if len(rogues) == 0 {
+		delete(c.rogueNote, name)
+	} else {
+		c.rogueNote[name] = fmt.Sprintf("rogue primary %v: writable while %s is primary; fencing it again", rogues, g.GetPrimary())
+	}
+	c.mu.Unlock()
 	if len(rogues) == 0 {
 		return
 	}
@@ -48,7 +56,6 @@ func (c *Controller) refenceRogues(ctx context.Context, g *vigilv1.Group) {
 		}
 		act := Action{Group: name, Epoch: g.GetEpoch(), Kind: "refence", Old: member(g, m), New: member(g, g.GetPrimary())}
 		c.log.Error("a member that is not the primary takes writes: fencing it again", "group", name, "member", m, "primary", g.GetPrimary(), "epoch", g.GetEpoch())
-		c.setStatus(name, "rogue primary "+m+": writable while "+g.GetPrimary()+" is primary; fencing it")
 		c.mu.Lock()
 		wg := c.wg
 		if wg == nil {
