@@ -41,7 +41,7 @@ func buildActuators(o *Observer, cfg *config.Config, log *slog.Logger, store *tl
 			}
 		}
 		return "", false
-	}, 2*time.Second, agentOptions(log, store)...)
+	}, 2*time.Second, append(agentOptions(log, store), viprouter.WithRegisterer(o.reg))...)
 	for _, g := range cfg.Groups {
 		f := g.Failover
 		acts := failover.GroupActuators{

@@ -331,7 +331,7 @@ func forward[T any](ctx context.Context, o *Observer, call func(context.Context,
 		o.metrics.forwarded.WithLabelValues("error").Inc()
 		return zero, status.Errorf(codes.Unavailable, "leader %s is not in this observer's configured observer list", leaderID)
 	}
-	c, err := o.peers.client(ob.GRPC)
+	c, err := o.peers.clientFor(ob.ID, ob.GRPC)
 	if err != nil {
 		o.metrics.forwarded.WithLabelValues("error").Inc()
 		return zero, status.Errorf(codes.Unavailable, "forward to leader %s at %s: %v", leaderID, ob.GRPC, err)
@@ -343,7 +343,9 @@ func forward[T any](ctx context.Context, o *Observer, call func(context.Context,
 		cctx, cancel = context.WithTimeout(ctx, o.cfg.Raft.ApplyTimeout.D()+peerTimeout)
 	}
 	defer cancel()
-	cctx = metadata.AppendToOutgoingContext(cctx, forwardedKey, o.cfg.NodeID, "vigil-actor", actorFrom(ctx))
+	// The leader honours the actor only from a configured observer's
+	// certificate (identity.go).
+	cctx = metadata.AppendToOutgoingContext(cctx, forwardedKey, o.cfg.NodeID, actorKey, actorFrom(ctx))
 	resp, err := call(cctx, c)
 	if err != nil {
 		o.metrics.forwarded.WithLabelValues("error").Inc()

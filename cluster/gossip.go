@@ -43,6 +43,8 @@ type Gossip struct {
 	onLeave func(name string)
 
 	received, dropped, sendErrors prometheus.Counter
+	packetErrors                  *prometheus.CounterVec
+	mlog                          *memberlistLog
 }
 
 // gossipDelegate connects memberlist callbacks to Gossip.
@@ -98,7 +100,16 @@ func newGossip(cfg gossipConfig, log *slog.Logger, reg prometheus.Registerer) (*
 			Name: "vigil_gossip_send_errors_total",
 			Help: "Gossip user messages that could not be sent to a peer.",
 		}),
+		packetErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_gossip_packet_errors_total",
+			Help: "Warnings and errors memberlist reported about gossip packets and streams (bad label, undecryptable, malformed, other), " +
+				"each counted even when its log line was suppressed by the rate limit.",
+		}, []string{"kind"}),
 	}
+	for _, k := range []string{"label", "decrypt", "malformed", "other"} {
+		g.packetErrors.WithLabelValues(k)
+	}
+	g.mlog = newMemberlistLog(log, g.packetErrors, time.Now)
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.NodeID
 	host, port, err := splitHostPort(cfg.Bind)
@@ -121,7 +132,7 @@ func newGossip(cfg gossipConfig, log *slog.Logger, reg prometheus.Registerer) (*
 		mc.ProbeInterval = cfg.ProbeInterval
 		mc.ProbeTimeout = cfg.ProbeInterval / 2
 	}
-	mc.Logger = newStdLog(log)
+	mc.Logger = g.mlog.logger()
 	mc.Delegate = gossipDelegate{g: g}
 	mc.Events = gossipEvents{g: g}
 	g.queue = &memberlist.TransmitLimitedQueue{NumNodes: func() int { return g.ml.NumMembers() }, RetransmitMult: mc.RetransmitMult}
@@ -130,15 +141,33 @@ func newGossip(cfg gossipConfig, log *slog.Logger, reg prometheus.Registerer) (*
 		return nil, fmt.Errorf("start gossip on %s: %w", cfg.Bind, err)
 	}
 	g.ml = ml
-	for _, c := range []prometheus.Collector{g.received, g.dropped, g.sendErrors} {
+	for _, c := range []prometheus.Collector{g.received, g.dropped, g.sendErrors, g.packetErrors} {
 		if err := reg.Register(c); err != nil {
 			_ = ml.Shutdown()
 			return nil, fmt.Errorf("register gossip metrics: %w", err)
 		}
 	}
-	g.wg.Add(1)
+	g.wg.Add(2)
 	go g.joinLoop()
+	go g.logFlushLoop()
 	return g, nil
+}
+
+// logFlushLoop writes the rate-limited memberlist log's due "suppressed N"
+// lines, also after a flood has stopped.
+func (g *Gossip) logFlushLoop() {
+	defer g.wg.Done()
+	t := time.NewTicker(memberlistLogSummaryEvery / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-g.stopCh:
+			g.mlog.flush()
+			return
+		case <-t.C:
+			g.mlog.flush()
+		}
+	}
 }
 
 // joinLoop (re)joins observers that are not alive in our member list: at

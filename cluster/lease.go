@@ -7,12 +7,15 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vigilha/vigil/cluster/config"
 	"github.com/vigilha/vigil/fsm"
 )
 
 // leaseRecord is what this observer learnt from leasing one member's
-// agent: when the agent last answered (this observer's monotonic clock)
-// and what it said it enforces.
+// agent: when the agent last answered a lease (this observer's monotonic
+// clock; whatever member the lease named — an answer means the agent is
+// running and enforcing its leases) and what it said it enforces. The
+// lease-expiry fence reads the old primary's record (leasefence.go).
 type leaseRecord struct {
 	lastOK       time.Time
 	dbFence      bool
@@ -65,14 +68,32 @@ func (l *leases) update(group, member string, f func(*leaseRecord)) {
 }
 
 // leaseLoop sends this observer's lease for every VIP group to the node
-// agent of the primary its replicated state names, every lease_timeout/3.
-// Every observer leases, not only the leader: an agent keeps the VIP only
-// while a quorum of observers does. While a failover away from a primary
-// is in progress (intent applied here, promotion not yet), nobody is
-// leased, so the old primary's agent drops the VIP within lease_timeout
-// even if it is still reachable. The state is read under the group's
-// call lock, so once leasesStopped has returned no lease naming the old
+// agent of every member of the group, every lease_timeout/3: "member P
+// is the primary of epoch E", P and E from its replicated state. Every
+// observer leases, not only the leader: an agent keeps the VIP only while
+// a quorum of observers names its member, and an agent confirms (and
+// persists) a newer epoch only once a quorum of observers' leases carry
+// it — so every agent, not only the primary's, must hear from every
+// observer. To a standby's agent, a lease naming another member means
+// "do not hold the VIP".
+//
+// While a failover is in progress (intent applied here, promotion not
+// yet), no agent is told that its member is the primary: the old
+// primary's agent and the other standbys' agents are leased the new
+// epoch naming the candidate (so the old primary drops the VIP at once
+// and its agent confirms the new epoch from a quorum during the failover,
+// refusing the old epoch's requests for good), and the candidate's agent
+// gets no lease until the promotion is committed (a lease naming it would
+// count as support before it is a primary, and an aborted failover would
+// then make it fence itself). The state is read under the group's call
+// lock, so once leasesStopped has returned no lease naming the old
 // primary can start on this observer.
+//
+// Each group's round runs on its own goroutine, its members' calls at
+// once, under the group's call lock; a group whose previous round is
+// still in flight (an agent that does not answer holds it for one lease
+// call timeout) skips this tick, so one unreachable agent delays no other
+// group's leases.
 func (o *Observer) leaseLoop(ctx context.Context) {
 	period := time.Duration(0)
 	for _, g := range o.cfg.Groups {
@@ -86,6 +107,8 @@ func (o *Observer) leaseLoop(ctx context.Context) {
 	if period == 0 {
 		return // no VIP groups
 	}
+	var rounds sync.WaitGroup
+	defer rounds.Wait()
 	t := time.NewTicker(period)
 	defer t.Stop()
 	for {
@@ -100,37 +123,70 @@ func (o *Observer) leaseLoop(ctx context.Context) {
 			continue
 		}
 		for _, cg := range o.cfg.Groups {
-			if cg.Failover.VIP {
-				o.leaseOne(ctx, cg.Name)
+			if !cg.Failover.VIP {
+				continue
 			}
+			mu := o.leases.call(cg.Name)
+			if !mu.TryLock() {
+				continue // this group's previous round is still in flight
+			}
+			rounds.Add(1)
+			go func() {
+				defer rounds.Done()
+				defer mu.Unlock()
+				o.leaseGroupLocked(ctx, cg)
+			}()
 		}
 	}
 }
 
-func (o *Observer) leaseOne(ctx context.Context, group string) {
-	mu := o.leases.call(group)
-	mu.Lock()
-	defer mu.Unlock()
-	g, ok := o.fsm.Group(group)
+// leaseGroupLocked leases every member's agent of the group (see
+// leaseLoop). The group's call lock is held.
+func (o *Observer) leaseGroupLocked(ctx context.Context, cg config.Group) {
+	g, ok := o.fsm.Group(cg.Name)
 	if !ok {
 		return
 	}
+	epoch, primary, candidate := g.GetEpoch(), g.GetPrimary(), ""
 	if a := g.GetActiveFailover(); a != nil && !fsm.HasStep(a, fsm.StepPromoted) {
+		candidate = a.GetNewPrimary()
+		primary = candidate // never the old primary, and nobody is told it is the primary
+	}
+	if primary == "" {
 		return
 	}
-	primary := g.GetPrimary()
-	resp, err := o.agents.Lease(ctx, group, g.GetEpoch(), primary)
+	var wg sync.WaitGroup
+	for _, m := range cg.Members {
+		if m.Name == candidate {
+			continue
+		}
+		if _, ok := o.agents.AgentAddr(cg.Name, m.Name); !ok {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			o.leaseMember(ctx, cg.Name, m.Name, epoch, primary)
+		}()
+	}
+	wg.Wait()
+}
+
+// leaseMember sends one lease to member's agent and records what it
+// learnt (leaseRecord).
+func (o *Observer) leaseMember(ctx context.Context, group, member string, epoch uint64, primary string) {
+	resp, err := o.agents.LeaseTo(ctx, group, member, epoch, primary)
 	now := time.Now()
 	if err != nil {
 		refused := strings.Contains(err.Error(), "connection refused")
-		o.leases.update(group, primary, func(r *leaseRecord) {
+		o.leases.update(group, member, func(r *leaseRecord) {
 			r.lastErr, r.lastErrAt = err.Error(), now
 			r.refusedAfterOK = r.refusedAfterOK || refused
 		})
-		o.log.Debug("lease not delivered", "group", group, "primary", primary, "err", err)
+		o.log.Debug("lease not delivered", "group", group, "member", member, "primary", primary, "epoch", epoch, "err", err)
 		return
 	}
-	o.leases.update(group, primary, func(r *leaseRecord) {
+	o.leases.update(group, member, func(r *leaseRecord) {
 		r.lastOK = now
 		r.refusedAfterOK = false
 		r.dbFence = resp.GetDatabaseFence()

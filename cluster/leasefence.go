@@ -150,7 +150,9 @@ func (o *Observer) quorumStoppedLeasing(ctx context.Context, group string, epoch
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, err := o.peers.client(ob.GRPC)
+			// clientFor checks the answering certificate names ob: an
+			// answer from anyone else must not count towards the quorum.
+			c, err := o.peers.clientFor(ob.ID, ob.GRPC)
 			if err == nil {
 				_, err = c.LeasesStopped(cctx, &vigilv1.LeasesStoppedRequest{Group: group, Epoch: epoch, Member: member})
 			}

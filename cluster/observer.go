@@ -176,9 +176,11 @@ func New(opts Options) (o *Observer, err error) {
 	for _, ob := range cfg.Observers {
 		ids = append(ids, ob.ID)
 	}
+	signer, verifier, learnVoteKeys := o.voteAuth()
 	o.monitor, err = health.NewMonitor(health.MonitorConfig{
 		Self: cfg.NodeID, Observers: ids, Quorum: cfg.QuorumSize(), Send: o.gossip.SendToPeers,
 		Logger: logger.With("component", "health"), Registerer: reg, Now: now,
+		Signer: signer, Verifier: verifier,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start observer: %w", err)
@@ -222,6 +224,10 @@ func New(opts Options) (o *Observer, err error) {
 		o.wg.Add(1)
 		go func() { defer o.wg.Done(); o.tls.WatchSIGHUP(bg, logger.With("component", "tls")) }()
 	}
+	if learnVoteKeys != nil {
+		o.wg.Add(1)
+		go func() { defer o.wg.Done(); learnVoteKeys(bg) }()
+	}
 	go o.monitorLeadership()
 	go o.observeLeaders()
 	go func() { defer o.wg.Done(); o.planLoop(bg) }()
@@ -255,16 +261,10 @@ func (o *Observer) startRaft(wrap func(raft.StreamLayer) raft.StreamLayer) error
 	if err != nil {
 		return fmt.Errorf("open raft snapshot store in %s: %w", dir, err)
 	}
-	layer, err := newTCPStreamLayer(cfg.Raft.Bind, cfg.Raft.Advertise)
+	// Bounded listener, named peers with TLS, then wrap (transport.go).
+	stream, err := o.raftStreamLayer(wrap)
 	if err != nil {
 		return fmt.Errorf("start raft transport: %w", err)
-	}
-	var stream raft.StreamLayer = layer
-	if o.tls != nil {
-		stream = &tlsStreamLayer{StreamLayer: layer, server: o.tls.ServerConfig(kindObserver), client: o.tls.ClientConfig("", kindObserver)}
-	}
-	if wrap != nil {
-		stream = wrap(layer)
 	}
 	o.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream: stream, MaxPool: 3, Timeout: 5 * time.Second, Logger: hlog,

@@ -33,6 +33,8 @@ type vipLab struct {
 	vip  string
 	dbs  []string // host names, db0 runs pg0 …
 	host map[string]string
+	// agents are the `vigil node` processes, by host.
+	agents map[string]*osexec.Cmd
 
 	mu      sync.Mutex
 	samples []vipSample
@@ -59,7 +61,7 @@ func startVIPLab(t testing.TB, syncRep bool, customize ...func(i int, o *cluster
 		}
 		vigilBinPath, _ = clustertest.BuildBinaries(t, dir)
 	})
-	v := &vipLab{dbs: []string{"db0", "db1", "db2"}, host: map[string]string{}}
+	v := &vipLab{dbs: []string{"db0", "db1", "db2"}, host: map[string]string{}, agents: map[string]*osexec.Cmd{}}
 	v.lab = netlab.New(t, "vv", append(slices.Clone(v.dbs), "client"))
 	v.vip = strings.TrimSuffix(v.lab.Gateway, ".1") + ".200"
 	var hosts []pglab.Host
@@ -71,11 +73,16 @@ func startVIPLab(t testing.TB, syncRep bool, customize ...func(i int, o *cluster
 
 	// One node agent per database host, as a real process in its namespace.
 	dir := t.TempDir()
-	allow := []string{v.lab.Gateway}
-	for _, h := range v.dbs {
-		allow = append(allow, v.lab.IP(h))
-	}
 	for i, h := range v.dbs {
+		// The observers (on the gateway) and the other database hosts,
+		// not the host itself: a client on the host connecting to its own
+		// address is a stranded client the fence must cut.
+		allow := []string{v.lab.Gateway}
+		for _, o := range v.dbs {
+			if o != h {
+				allow = append(allow, v.lab.IP(o))
+			}
+		}
 		cfg := fmt.Sprintf(`node: %s
 listen: %s:7501
 data_dir: %s
@@ -105,6 +112,7 @@ groups:
 		if err := spawn.Start(cmd); err != nil {
 			t.Fatal(err)
 		}
+		v.agents[h] = cmd
 		t.Cleanup(func() {
 			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 			_ = cmd.Wait()
@@ -160,6 +168,20 @@ groups:
 
 	clustertest.WaitFor(t, waitLong, "the VIP on db0", func() (bool, string) { h := v.holders(); return slices.Equal(h, []string{"db0"}), fmt.Sprint(h) })
 	return v
+}
+
+// killAgent SIGKILLs host's node agent (its process group) and reaps it;
+// what it set up (a VIP, an nftables fence) stays, as after a crash.
+func (v *vipLab) killAgent(t testing.TB, host string) {
+	t.Helper()
+	cmd := v.agents[host]
+	if cmd == nil || cmd.Process == nil {
+		t.Fatalf("no agent on %s", host)
+	}
+	if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill the agent on %s: %v", host, err)
+	}
+	_ = cmd.Wait() // the cleanup's Wait then returns at once
 }
 
 func tail(s string, n int) string {

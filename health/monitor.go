@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"sort"
 	"sync"
@@ -42,7 +43,20 @@ type MonitorConfig struct {
 	Registerer   prometheus.Registerer
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Signer signs this observer's vote batches; Verifier checks the
+	// other observers'. With a Verifier, only batches signed by the
+	// observer they name are accepted. Without one (no TLS), any holder of
+	// the gossip key can vote in any observer's name.
+	Signer   BatchSigner
+	Verifier BatchVerifier
 }
+
+// MaxSequenceLead is how far ahead of the receiver's clock a sequence
+// (derived from the sender's clock) may be: beyond that it is implausible,
+// and storing it would make every later real vote of that observer look
+// stale. The same lead bounds a jump over the last accepted sequence of an
+// observer, its clock's progress since then included.
+const MaxSequenceLead = 10 * time.Minute
 
 // GroupPlan is what to probe in one group and how to judge it.
 type GroupPlan struct {
@@ -96,10 +110,14 @@ type Monitor struct {
 	probers map[memberKey]proberEntry
 	evals   map[memberKey]*memberEval
 	lastSeq uint64
-	dirty   map[memberKey]Vote
-	ownRes  map[memberKey]Result
-	subs    map[int]chan Change
-	nextSub int
+	// marks tracks each other observer's accepted sequences (kept across
+	// Forget, so that a replayed batch stays a replay).
+	marks     map[string]seqMark
+	signErrAt time.Time
+	dirty     map[memberKey]Vote
+	ownRes    map[memberKey]Result
+	subs      map[int]chan Change
+	nextSub   int
 	// primaries remembers, per group, the last primary seen up and how far
 	// its WAL went: after it dies, standbys' lag is measured against it.
 	primaries map[string]PrimaryMemo
@@ -114,6 +132,16 @@ type PrimaryMemo struct {
 	// observer last saw (nil when unknown or asynchronous).
 	SyncStandbys []string
 	At           time.Time
+}
+
+// seqMark is what was last accepted from one observer.
+type seqMark struct {
+	// seq is the estimate of the observer's clock-derived sequence at
+	// at (our clock): the highest it sent, advanced by our time since.
+	seq uint64
+	at  time.Time
+	// batch is the highest batch sequence accepted from it (signed only).
+	batch uint64
 }
 
 type proberEntry struct {
@@ -146,11 +174,16 @@ func NewMonitor(cfg MonitorConfig) (*Monitor, error) {
 		cfg: cfg, now: cfg.Now, log: cfg.Logger, book: NewVoteBook(),
 		plans: map[string]GroupPlan{}, probers: map[memberKey]proberEntry{}, evals: map[memberKey]*memberEval{},
 		dirty: map[memberKey]Vote{}, ownRes: map[memberKey]Result{}, subs: map[int]chan Change{},
-		primaries: map[string]PrimaryMemo{},
+		primaries: map[string]PrimaryMemo{}, marks: map[string]seqMark{},
 	}
 	var err error
 	if m.m, err = newMonitorMetrics(cfg.Registerer); err != nil {
 		return nil, err
+	}
+	if cfg.Verifier != nil && cfg.Signer != nil {
+		m.m.authenticated.Set(1)
+	} else {
+		m.log.Warn("gossip votes are not authenticated per observer: any holder of the gossip key can vote in any observer's name; configure tls")
 	}
 	m.runner = NewRunner(nil, m.observe, cfg.Logger)
 	return m, nil
@@ -208,14 +241,7 @@ func (m *Monitor) observe(t Target, r Result) {
 	if _, ok := m.probers[k]; !ok {
 		return // removed meanwhile
 	}
-	// Sequences come from the wall clock so they keep growing across
-	// restarts, and are strictly increasing within this process.
-	seq := uint64(m.now().UnixNano())
-	if seq <= m.lastSeq {
-		seq = m.lastSeq + 1
-	}
-	m.lastSeq = seq
-	v := VoteFromResult(m.cfg.Self, t.Group, t.Member, r, seq)
+	v := VoteFromResult(m.cfg.Self, t.Group, t.Member, r, m.nextSeqLocked())
 	m.book.Put(v)
 	m.dirty[k] = v
 	m.ownRes[k] = r
@@ -224,6 +250,24 @@ func (m *Monitor) observe(t Target, r Result) {
 		memo.SyncStandbys = append([]string(nil), r.SyncStandbys...)
 		m.primaries[t.Group] = memo
 	}
+}
+
+// nextSeqLocked returns the next of this observer's sequences (for votes
+// and batches alike). They come from the wall clock so they keep growing
+// across restarts, and are strictly increasing within this process.
+func (m *Monitor) nextSeqLocked() uint64 {
+	seq := clockSequence(m.now())
+	if seq <= m.lastSeq {
+		seq = m.lastSeq + 1
+	}
+	m.lastSeq = seq
+	return seq
+}
+
+func (m *Monitor) nextSeq() uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.nextSeqLocked()
 }
 
 // notePrimaryLocked updates the group's primary memo from a vote that saw
@@ -248,9 +292,12 @@ func (m *Monitor) Primary(group string) (PrimaryMemo, bool) {
 }
 
 // Receive handles one gossip packet from another observer. Malformed,
-// oversized, foreign or echoed packets are counted and dropped.
+// oversized, foreign, echoed, unauthenticated (with a Verifier) and
+// implausibly sequenced packets are counted and dropped whole: none of
+// their votes reaches the vote book.
 func (m *Monitor) Receive(packet []byte) {
-	obs, votes, err := DecodeVotes(packet, m.now())
+	now := m.now()
+	p, err := DecodePacket(packet, now)
 	switch {
 	case errors.Is(err, ErrOversized):
 		m.m.dropped.WithLabelValues("oversized").Inc()
@@ -259,15 +306,28 @@ func (m *Monitor) Receive(packet []byte) {
 		m.m.dropped.WithLabelValues("malformed").Inc()
 		m.log.Debug("dropped malformed vote packet", "err", err)
 		return
-	case obs == m.cfg.Self:
+	case p.Observer == m.cfg.Self:
 		m.m.dropped.WithLabelValues("self").Inc()
 		return
-	case !slices.Contains(m.cfg.Observers, obs):
+	case !slices.Contains(m.cfg.Observers, p.Observer):
 		m.m.dropped.WithLabelValues("unknown_observer").Inc()
 		return
 	}
+	signed := m.cfg.Verifier != nil
+	if signed {
+		if reason, err := m.verify(p); err != nil {
+			m.m.dropped.WithLabelValues(reason).Inc()
+			m.log.Debug("dropped unauthenticated vote packet", "observer", p.Observer, "reason", reason, "err", err)
+			return
+		}
+	}
+	if reason, err := m.admit(p, now, signed); err != nil {
+		m.m.dropped.WithLabelValues(reason).Inc()
+		m.log.Debug("dropped vote packet", "observer", p.Observer, "reason", reason, "err", err)
+		return
+	}
 	m.m.packetsReceived.Inc()
-	for _, v := range votes {
+	for _, v := range p.Votes {
 		if m.book.Put(v) {
 			m.m.votesReceived.Inc()
 			if v.Verdict == VerdictUp && v.Role == RolePrimary {
@@ -279,6 +339,73 @@ func (m *Monitor) Receive(packet []byte) {
 			m.m.dropped.WithLabelValues("stale_sequence").Inc()
 		}
 	}
+}
+
+// verify checks the packet's signature; on failure it returns the
+// dropped-metric reason.
+func (m *Monitor) verify(p Packet) (string, error) {
+	if len(p.Signature) == 0 {
+		return "unsigned", ErrUnsigned
+	}
+	err := m.cfg.Verifier.VerifyBatch(p.Observer, p.Batch, p.Signature)
+	switch {
+	case err == nil:
+		return "", nil
+	case errors.Is(err, ErrSignerUnknown):
+		return "unverified", err
+	default:
+		return "bad_signature", err
+	}
+}
+
+// admit checks the packet's sequences against what is plausible now and
+// what was accepted from the same observer before, and records them when
+// they pass; on failure it returns the dropped-metric reason. Batch
+// replays are refused only for signed packets: without signatures anyone
+// can make a fresh batch anyway.
+func (m *Monitor) admit(p Packet, now time.Time, signed bool) (string, error) {
+	highest := p.Sequence
+	for _, v := range p.Votes {
+		highest = max(highest, v.Sequence)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	mark, seen := m.marks[p.Observer]
+	// Our clock's progress since the mark (none if our clock went back).
+	var elapsed uint64
+	if seen && now.After(mark.at) {
+		elapsed = uint64(now.Sub(mark.at))
+	}
+	limit := satAdd(clockSequence(now), uint64(MaxSequenceLead))
+	// A mark older than the lead no longer bounds jumps: an observer whose
+	// clock was set right is believed again after at most that long.
+	if seen && elapsed <= uint64(MaxSequenceLead) {
+		limit = min(limit, satAdd(satAdd(mark.seq, elapsed), uint64(MaxSequenceLead)))
+	}
+	if highest > limit {
+		return "sequence_ahead", fmt.Errorf("sequence %d is more than %s ahead of the plausible %d", highest, MaxSequenceLead, limit-uint64(MaxSequenceLead))
+	}
+	if signed && seen && p.Sequence <= mark.batch {
+		return "replayed", fmt.Errorf("batch sequence %d not above %d, already accepted", p.Sequence, mark.batch)
+	}
+	est := highest
+	if seen {
+		est = max(est, satAdd(mark.seq, elapsed))
+	}
+	next := seqMark{seq: est, at: now, batch: mark.batch}
+	if signed {
+		next.batch = max(mark.batch, p.Sequence)
+	}
+	m.marks[p.Observer] = next
+	return "", nil
+}
+
+// satAdd is a + b, saturating at the largest uint64.
+func satAdd(a, b uint64) uint64 {
+	if a > math.MaxUint64-b {
+		return math.MaxUint64
+	}
+	return a + b
 }
 
 // Forget drops every vote of an observer that left the cluster.
@@ -329,9 +456,20 @@ func (m *Monitor) flush() {
 	}
 	clear(m.dirty)
 	m.mu.Unlock()
-	packets, err := EncodeVotes(m.cfg.Self, votes, m.now())
+	now := m.now()
+	packets, err := EncodeVotePackets(m.cfg.Self, votes, now, m.nextSeq, m.cfg.Signer)
 	if err != nil {
-		m.log.Error("encode votes", "err", err)
+		// At most one line every 10 s: this runs every flush interval.
+		m.mu.Lock()
+		logIt := now.Sub(m.signErrAt) >= 10*time.Second || now.Before(m.signErrAt)
+		if logIt {
+			m.signErrAt = now
+		}
+		m.mu.Unlock()
+		m.m.encodeErrors.Inc()
+		if logIt {
+			m.log.Error("encode votes; they are not sent", "err", err)
+		}
 		return
 	}
 	for _, p := range packets {

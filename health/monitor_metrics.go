@@ -27,8 +27,14 @@ type monitorMetrics struct {
 	packetsReceived prometheus.Counter
 	votesReceived   prometheus.Counter
 	dropped         *prometheus.CounterVec
+	encodeErrors    prometheus.Counter
+	authenticated   prometheus.Gauge
 	watchDropped    prometheus.Counter
 }
+
+// dropReasons are the values of vigil_gossip_votes_dropped_total's reason.
+var dropReasons = []string{"malformed", "oversized", "self", "unknown_observer", "stale_sequence",
+	"unsigned", "bad_signature", "unverified", "sequence_ahead", "replayed"}
 
 func newMonitorMetrics(reg prometheus.Registerer) (*monitorMetrics, error) {
 	gm := []string{"group", "member"}
@@ -66,15 +72,25 @@ func newMonitorMetrics(reg prometheus.Registerer) (*monitorMetrics, error) {
 		packetsReceived: prometheus.NewCounter(prometheus.CounterOpts{Name: "vigil_gossip_vote_packets_received_total", Help: "Well-formed vote packets received from other observers."}),
 		votesReceived:   prometheus.NewCounter(prometheus.CounterOpts{Name: "vigil_gossip_votes_received_total", Help: "Votes from other observers stored (newer than what was known)."}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "vigil_gossip_votes_dropped_total", Help: "Vote packets or votes dropped, by reason (malformed, oversized, self, unknown_observer, stale_sequence).",
+			Name: "vigil_gossip_votes_dropped_total", Help: "Vote packets or votes dropped, by reason: packets malformed, oversized, self (echo), unknown_observer, " +
+				"unsigned, bad_signature (not the named observer's), unverified (its certificate not known yet), sequence_ahead (implausibly far ahead of the clock), " +
+				"replayed (a signed batch already accepted); single votes stale_sequence (not newer than the stored one).",
 		}, []string{"reason"}),
+		encodeErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "vigil_gossip_vote_encode_errors_total", Help: "Flushes of own votes that could not be encoded or signed (the votes were not sent)."}),
+		authenticated: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "vigil_gossip_votes_authenticated", Help: "1 when vote batches are signed and only batches signed by the observer they name are accepted (TLS), 0 when votes are not authenticated per observer.",
+		}),
 		watchDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "vigil_watch_events_dropped_total", Help: "Health changes not delivered to a slow watch subscriber."}),
+	}
+	for _, r := range dropReasons {
+		m.dropped.WithLabelValues(r)
 	}
 	if reg == nil {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.probeDuration, m.probeErrors, m.lagBytes, m.lagSeconds, m.verdict, m.voteAge,
-		m.odown, m.downVotes, m.roguePrimary, m.packetsSent, m.votesSent, m.packetsReceived, m.votesReceived, m.dropped, m.watchDropped} {
+		m.odown, m.downVotes, m.roguePrimary, m.packetsSent, m.votesSent, m.packetsReceived, m.votesReceived, m.dropped,
+		m.encodeErrors, m.authenticated, m.watchDropped} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register health metrics: %w", err)
 		}

@@ -1,6 +1,10 @@
 package health
 
 import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"testing"
@@ -54,11 +58,18 @@ func TestEncodeDecodeRoundTripAndPacketSize(t *testing.T) {
 func TestDecodeRejectsBadPackets(t *testing.T) {
 	good := &vigilv1.WireVote{Group: "g", Member: "m", Verdict: vigilv1.Verdict_VERDICT_UP, Sequence: 1}
 	mk := func(mut func(b *vigilv1.VoteBatch)) []byte {
-		b := &vigilv1.VoteBatch{Observer: "obs1", Votes: []*vigilv1.WireVote{proto.Clone(good).(*vigilv1.WireVote)}}
+		b := &vigilv1.VoteBatch{Observer: "obs1", Sequence: 7, Votes: []*vigilv1.WireVote{proto.Clone(good).(*vigilv1.WireVote)}}
 		mut(b)
-		out, _ := proto.Marshal(b)
+		return wrapBatch(b, nil)
+	}
+	wrap := func(batch []byte, sig []byte) []byte {
+		out, _ := proto.Marshal(&vigilv1.VotePacket{Batch: batch, Signature: sig})
 		return out
 	}
+	if _, _, err := DecodeVotes(mk(func(*vigilv1.VoteBatch) {}), wireNow); err != nil {
+		t.Fatalf("the unmutated packet does not decode: %v", err)
+	}
+	oldFormat, _ := proto.Marshal(&vigilv1.VoteBatch{Observer: "obs1", Sequence: 7, Votes: []*vigilv1.WireVote{good}})
 	cases := map[string]struct {
 		pkt  []byte
 		want error
@@ -74,6 +85,11 @@ func TestDecodeRejectsBadPackets(t *testing.T) {
 		"negative lag":    {mk(func(b *vigilv1.VoteBatch) { b.Votes[0].LagBytes = -1 }), ErrMalformed},
 		"absurd age":      {mk(func(b *vigilv1.VoteBatch) { b.Votes[0].AgeMs = 1 << 31 }), ErrMalformed},
 		"one bad of many": {mk(func(b *vigilv1.VoteBatch) { b.Votes = append(b.Votes, &vigilv1.WireVote{Group: "g"}) }), ErrMalformed},
+		"zero batch seq":  {mk(func(b *vigilv1.VoteBatch) { b.Sequence = 0 }), ErrMalformed},
+		"no batch":        {wrap(nil, []byte{1, 2, 3}), ErrMalformed},
+		"garbage batch":   {wrap([]byte{0xff, 0xff, 0x01}, nil), ErrMalformed},
+		"huge signature":  {wrap(oldFormat, make([]byte, maxSignatureBytes+1)), ErrMalformed},
+		"old format":      {oldFormat, ErrMalformed},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -85,18 +101,48 @@ func TestDecodeRejectsBadPackets(t *testing.T) {
 	}
 }
 
+// wrapBatch marshals b into a VotePacket, signed with key unless nil.
+func wrapBatch(b *vigilv1.VoteBatch, key crypto.Signer) []byte {
+	batch, err := proto.Marshal(b)
+	if err != nil {
+		panic(err)
+	}
+	pkt := &vigilv1.VotePacket{Batch: batch}
+	if key != nil {
+		if pkt.Signature, err = SignBatchWith(key, batch); err != nil {
+			panic(err)
+		}
+	}
+	out, err := proto.Marshal(pkt)
+	if err != nil {
+		panic(err)
+	}
+	return out
+}
+
 func FuzzDecodeVotes(f *testing.F) {
-	packets, _ := EncodeVotes("obs1", []Vote{{Observer: "obs1", Group: "g", Member: "m", Verdict: VerdictDown, Sequence: 5, ObservedAt: wireNow}}, wireNow)
-	for _, p := range packets {
+	vote := []Vote{{Observer: "obs1", Group: "g", Member: "m", Verdict: VerdictDown, Sequence: 5, ObservedAt: wireNow}}
+	packets, _ := EncodeVotes("obs1", vote, wireNow)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	seq := uint64(9)
+	signed, _ := EncodeVotePackets("obs1", vote, wireNow, func() uint64 { seq++; return seq }, KeySigner{Key: key})
+	for _, p := range append(packets, signed...) {
 		f.Add(p)
 	}
 	f.Add([]byte{})
 	f.Add([]byte{0x0a, 0x80})
+	verifier := KeyVerifier{"obs1": key.Public()}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		obs, votes, err := DecodeVotes(b, wireNow)
+		p, err := DecodePacket(b, wireNow)
 		if err != nil {
 			return
 		}
+		obs, votes := p.Observer, p.Votes
+		if p.Sequence == 0 || len(p.Batch) == 0 || len(p.Signature) > maxSignatureBytes {
+			t.Fatalf("accepted malformed packet %+v", p)
+		}
+		// Verifying whatever decodes never panics.
+		_ = verifier.VerifyBatch(obs, p.Batch, p.Signature)
 		// Whatever is accepted is well-formed and storable.
 		book := NewVoteBook()
 		for _, v := range votes {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"slices"
@@ -111,13 +112,41 @@ func (s *Store) Pool() *x509.CertPool { return s.cur.Load().pool }
 // for instance) are carried into the per-handshake config. requireKinds
 // must be known kinds (panics otherwise: a programming error).
 func (s *Store) ServerConfig(requireKinds ...string) *tls.Config {
+	return s.serverConfig(nil, requireKinds)
+}
+
+// PeerCheck is a caller's own check of a peer whose chain and kind were
+// verified: its vigil identity and, on the server side, the network
+// address the client connects from (nil on the client side, or when the
+// handshake runs without a known connection). A non-nil error fails the
+// handshake: the peer gets a bad_certificate alert, and the error is
+// returned unchanged by the local Handshake, so the caller can classify it
+// with errors.As.
+type PeerCheck func(kind, name string, remote net.Addr) error
+
+// ServerConfigWithCheck is ServerConfig plus check, run on every client
+// after its chain and kind are verified (Raft uses it to accept only the
+// configured observers, each from its own address).
+func (s *Store) ServerConfigWithCheck(check PeerCheck, requireKinds ...string) *tls.Config {
+	if check == nil {
+		panic("tlsconf: ServerConfigWithCheck without a check")
+	}
+	return s.serverConfig(check, requireKinds)
+}
+
+func (s *Store) serverConfig(check PeerCheck, requireKinds []string) *tls.Config {
 	kinds := checkKinds(requireKinds)
-	verify := func(cs tls.ConnectionState) error {
-		if len(cs.PeerCertificates) == 0 {
-			return errors.New("tlsconf: client presented no certificate")
+	verifier := func(remote net.Addr) func(tls.ConnectionState) error {
+		return func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("tlsconf: client presented no certificate")
+			}
+			kind, name, err := checkPeerKind("client", cs.PeerCertificates[0], kinds)
+			if err != nil || check == nil {
+				return err
+			}
+			return check(kind, name, remote)
 		}
-		_, _, err := checkPeerKind("client", cs.PeerCertificates[0], kinds)
-		return err
 	}
 	base := &tls.Config{
 		MinVersion:             tls.VersionTLS13,
@@ -126,9 +155,11 @@ func (s *Store) ServerConfig(requireKinds ...string) *tls.Config {
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return s.cur.Load().cert, nil
 		},
-		VerifyConnection: verify,
+		// Without GetConfigForClient (a wrapper dropped it) the client's
+		// address is unknown: a check then sees remote == nil.
+		VerifyConnection: verifier(nil),
 	}
-	base.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+	base.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 		c := base.Clone()
 		c.GetConfigForClient = nil
 		c.ClientCAs = s.cur.Load().pool
@@ -137,7 +168,11 @@ func (s *Store) ServerConfig(requireKinds ...string) *tls.Config {
 		c.MinVersion = tls.VersionTLS13
 		c.ClientAuth = tls.RequireAndVerifyClientCert
 		c.SessionTicketsDisabled = true
-		c.VerifyConnection = verify
+		var remote net.Addr
+		if hello != nil && hello.Conn != nil {
+			remote = hello.Conn.RemoteAddr()
+		}
+		c.VerifyConnection = verifier(remote)
 		return c, nil
 	}
 	// ClientCAs on the base config as well, so a wrapper that drops
@@ -161,6 +196,21 @@ func (s *Store) ServerConfig(requireKinds ...string) *tls.Config {
 // config creation; it is never skipped. The hostname check uses serverName,
 // not a ServerName set later on the config.
 func (s *Store) ClientConfig(serverName string, requireKinds ...string) *tls.Config {
+	return s.clientConfig(serverName, nil, requireKinds)
+}
+
+// ClientConfigWithCheck is ClientConfig plus check, run on the server's
+// identity after its chain, name and kind are verified (remote is nil):
+// Raft uses it to make sure the observer that answers is the one it meant
+// to reach.
+func (s *Store) ClientConfigWithCheck(serverName string, check PeerCheck, requireKinds ...string) *tls.Config {
+	if check == nil {
+		panic("tlsconf: ClientConfigWithCheck without a check")
+	}
+	return s.clientConfig(serverName, check, requireKinds)
+}
+
+func (s *Store) clientConfig(serverName string, check PeerCheck, requireKinds []string) *tls.Config {
 	kinds := checkKinds(requireKinds)
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
@@ -170,15 +220,20 @@ func (s *Store) ClientConfig(serverName string, requireKinds ...string) *tls.Con
 		},
 		InsecureSkipVerify: true, // verification done in VerifyConnection, below
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			return s.verifyServer(cs, serverName, kinds)
+			kind, name, err := s.verifyServer(cs, serverName, kinds)
+			if err != nil || check == nil {
+				return err
+			}
+			return check(kind, name, nil)
 		},
 	}
 }
 
-// verifyServer is the client side's verification of the server.
-func (s *Store) verifyServer(cs tls.ConnectionState, serverName string, kinds []string) error {
+// verifyServer is the client side's verification of the server; it
+// returns the server's identity.
+func (s *Store) verifyServer(cs tls.ConnectionState, serverName string, kinds []string) (kind, name string, err error) {
 	if len(cs.PeerCertificates) == 0 {
-		return errors.New("tlsconf: server presented no certificate")
+		return "", "", errors.New("tlsconf: server presented no certificate")
 	}
 	leaf := cs.PeerCertificates[0]
 	inter := x509.NewCertPool()
@@ -193,10 +248,9 @@ func (s *Store) verifyServer(cs tls.ConnectionState, serverName string, kinds []
 		CurrentTime:   s.now(),
 	}
 	if _, err := leaf.Verify(opts); err != nil {
-		return fmt.Errorf("tlsconf: server certificate %s rejected: %w", describeCert(leaf), err)
+		return "", "", fmt.Errorf("tlsconf: server certificate %s rejected: %w", describeCert(leaf), err)
 	}
-	_, _, err := checkPeerKind("server", leaf, kinds)
-	return err
+	return checkPeerKind("server", leaf, kinds)
 }
 
 // checkKinds validates requireKinds (panics on an unknown kind: a typo

@@ -668,7 +668,7 @@ func (w *writer) lost(ctx context.Context, primary string) (lost, total int, err
 // port while fenced) when it loses the observers' leases or the leader
 // asks it to.
 func startAgents(lab *netlab.Lab, vigil, dir, vip string, ports []int) (func(), error) {
-	allow := []string{lab.Gateway, lab.IP("db0"), lab.IP("db1"), lab.IP("db2")}
+
 	var cmds []*exec.Cmd
 	stop := func() {
 		for _, c := range cmds {
@@ -679,6 +679,14 @@ func startAgents(lab *netlab.Lab, vigil, dir, vip string, ports []int) (func(), 
 		}
 	}
 	for i, h := range []string{"db0", "db1", "db2"} {
+		// Not the host itself: a client on it connecting to its own
+		// address is stranded on the old primary's side and must be cut.
+		allow := []string{lab.Gateway}
+		for _, o := range []string{"db0", "db1", "db2"} {
+			if o != h {
+				allow = append(allow, lab.IP(o))
+			}
+		}
 		cfg := fmt.Sprintf(`node: %s
 listen: %s:7501
 data_dir: %s

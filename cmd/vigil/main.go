@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 
 	"github.com/vigilha/vigil/cluster"
@@ -119,11 +120,14 @@ observers only: it adds the group's virtual IP on a named interface (netlink)
 and announces it with gratuitous ARP when the leader moves the primary here,
 removes it when told, and runs the host-local fence command.
 
-Every request carries the group's epoch; requests with an epoch lower than
-the highest seen (persisted in data_dir) are refused. The agent keeps the VIP
+Every request carries the group's epoch. The agent confirms (and persists in
+data_dir) a newer epoch only when a quorum of observers' leases carry it; one
+observer's newer epoch is acted on for lease_timeout only. Requests to add the
+VIP or leases of an older epoch are refused. The agent keeps the VIP
 only while a quorum of observers keeps sending leases naming this host's
 member as primary: cut off from them for lease_timeout, it drops the VIP and
 runs the fence command on its own, before the observers can promote another.
+With metrics_listen set it serves its Prometheus metrics on GET /metrics.
 Needs CAP_NET_ADMIN and CAP_NET_RAW.`,
 		Example: "  vigil node --config /etc/vigil/node.yaml",
 		Args:    cobra.NoArgs,
@@ -137,7 +141,11 @@ Needs CAP_NET_ADMIN and CAP_NET_RAW.`,
 			}
 			logger := newLogger(stderr, config.Log{Level: level, Format: "text"})
 			signal.Ignore(syscall.SIGHUP) // reloads certificates with TLS; never fatal
-			agent, err := nodeagent.New(cfg, logger, prometheus.NewRegistry())
+			// The agent's metrics, served on metrics_listen when set, with
+			// the Go runtime's and the process's.
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			agent, err := nodeagent.New(cfg, logger, reg)
 			if err != nil {
 				return err
 			}

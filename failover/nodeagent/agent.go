@@ -6,15 +6,18 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
@@ -32,6 +35,10 @@ type options struct {
 	addrs    Addrs
 	now      func() time.Time
 	dbFencer DatabaseFencerFactory
+	gatherer prometheus.Gatherer
+	// handshake, idle: the gRPC port's connection deadlines (tests
+	// shorten them).
+	handshake, idle time.Duration
 }
 
 // WithAddrs replaces the netlink + ARP implementation (tests use a fake).
@@ -39,6 +46,17 @@ func WithAddrs(x Addrs) Option { return func(o *options) { o.addrs = x } }
 
 // withClock replaces time.Now (unit tests drive lease expiry by hand).
 func withClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
+
+// WithGatherer sets what the metrics_listen endpoint serves. By default
+// it is New's registerer when that is also a prometheus.Gatherer (a
+// *prometheus.Registry is).
+func WithGatherer(g prometheus.Gatherer) Option { return func(o *options) { o.gatherer = g } }
+
+// withConnTimeouts replaces the gRPC port's handshake deadline and idle
+// timeout (tests).
+func withConnTimeouts(handshake, idle time.Duration) Option {
+	return func(o *options) { o.handshake, o.idle = handshake, idle }
+}
 
 // Agent is the node agent: it serves vigilv1.NodeAgentServer and enforces
 // the lease rule for every configured group. See the package comment.
@@ -61,6 +79,13 @@ type Agent struct {
 	// set, the gRPC server requires observer certificates and the
 	// handlers check the caller's identity (authorize).
 	tls *tlsconf.Store
+	// gatherer is what /metrics serves (nil: no metrics_listen).
+	gatherer prometheus.Gatherer
+	// handshake, idle: see handshakeTimeout, idleTimeout.
+	handshake, idle time.Duration
+	// logLimit rate-limits repetitive warnings (refused requests and
+	// connections): see warnLimited.
+	logLimit *logLimiter
 
 	ctx    context.Context // cancelled by Close; bounds fence commands
 	cancel context.CancelFunc
@@ -94,9 +119,20 @@ type group struct {
 	// lets a switch that was superseded while it waited skip itself.
 	roMu sync.Mutex
 
-	mu      sync.Mutex
-	highest uint64
-	leases  map[string]lease // by configured observer id: its latest lease
+	mu sync.Mutex
+	// highest is the confirmed epoch: persisted, raised only when a
+	// quorum of observers' fresh leases carry an epoch at least as high
+	// (confirmLocked). tentative, valid until tentativeUntil, is a
+	// higher epoch one observer's request raised (tentativeLocked); the
+	// epoch enforced is the higher of the two (effectiveLocked).
+	highest        uint64
+	tentative      uint64
+	tentativeUntil time.Time
+	tentativeBy    string
+	// claims: each configured observer's latest lease epoch, accepted or
+	// refused as stale (the quorum rule's input).
+	claims map[string]claim
+	leases map[string]lease // by configured observer id: its latest accepted lease
 	// The AddVIP grant: valid until grantUntil, for grantEpoch only.
 	grantUntil time.Time
 	grantEpoch uint64
@@ -109,7 +145,7 @@ type group struct {
 	// is the only one changing it).
 	holding bool
 	// leasedPrimary: the host was supported as the primary (a quorum of
-	// current leases for the highest epoch named this member, or a valid
+	// current leases for the enforced epoch named this member, or a valid
 	// AddVIP grant) at some point since the last fence or self-fence
 	// episode. Losing that support starts a self-fence episode even
 	// without the VIP. A standby's agent never gets here.
@@ -154,7 +190,7 @@ type lease struct {
 }
 
 // New checks cfg (applying defaults to a copy), opens data_dir, loads the
-// highest epochs and looks at which VIPs are already on their interfaces.
+// confirmed epochs and looks at which VIPs are already on their interfaces.
 // It starts nothing: call Serve (or Register + Start, and Close).
 // logger nil discards logs; reg nil registers no metrics.
 func New(cfg *Config, logger *slog.Logger, reg prometheus.Registerer, opts ...Option) (*Agent, error) {
@@ -174,9 +210,15 @@ func New(cfg *Config, logger *slog.Logger, reg prometheus.Registerer, opts ...Op
 	}
 	o := options{addrs: netlinkAddrs{}, now: time.Now, dbFencer: func(group string, cfg DatabaseFence) (DatabaseFencer, error) {
 		return NewPostgresFence(group, cfg)
-	}}
+	}, handshake: handshakeTimeout, idle: idleTimeout}
+	if g, ok := reg.(prometheus.Gatherer); ok {
+		o.gatherer = g
+	}
 	for _, opt := range opts {
 		opt(&o)
+	}
+	if c.MetricsListen != "" && o.gatherer == nil {
+		return nil, errors.New("nodeagent: metrics_listen is set but there is no registry to serve (pass a *prometheus.Registry, or WithGatherer)")
 	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -213,6 +255,10 @@ func New(cfg *Config, logger *slog.Logger, reg prometheus.Registerer, opts ...Op
 		observers:    map[string]bool{},
 		groups:       map[string]*group{},
 		tls:          tlsStore,
+		gatherer:     o.gatherer,
+		handshake:    o.handshake,
+		idle:         o.idle,
+		logLimit:     newLogLimiter(logEvery),
 		ctx:          ctx,
 		cancel:       cancel,
 	}
@@ -226,6 +272,7 @@ func New(cfg *Config, logger *slog.Logger, reg prometheus.Registerer, opts ...Op
 			name: gc.Name, member: gc.Member, iface: gc.Interface,
 			cidr: p.String(), ip: p.Addr().String(),
 			leases:  map[string]lease{},
+			claims:  map[string]claim{},
 			highest: store.get(gc.Name),
 		}
 		if len(gc.FenceCommand) > 0 {
@@ -259,6 +306,8 @@ func New(cfg *Config, logger *slog.Logger, reg prometheus.Registerer, opts ...Op
 		}
 		a.m.holding.WithLabelValues(g.name).Set(b2f(g.holding))
 		a.m.highestEpoch.WithLabelValues(g.name).Set(float64(g.highest))
+		a.m.tentativeEpoch.WithLabelValues(g.name).Set(0)
+		a.m.epochJumps.WithLabelValues(g.name)
 		a.m.leaseObservers.WithLabelValues(g.name).Set(0)
 		a.m.selfFences.WithLabelValues(g.name)
 		a.groups[g.name] = g
@@ -279,21 +328,51 @@ func (a *Agent) Register(s grpc.ServiceRegistrar) {
 // NewGRPCServer returns a gRPC server with the agent and server reflection
 // (for grpcurl) registered. With the tls section configured it serves
 // mutual TLS and accepts only observer certificates signed by the CA (the
-// handshake fails for any other client); without it, it serves plaintext
-// and is meant to listen on a network only the observers reach.
+// handshake fails for any other client; the handlers then accept only the
+// configured observers' names); without it, it serves plaintext and is
+// meant to listen on a network only the observers reach.
+//
+// Connections are bounded: the TLS handshake and HTTP/2 preface must be
+// done within handshakeTimeout (grpc.ConnectionTimeout: the deadline is
+// set on the raw connection before the handshake), a connection without
+// RPCs is closed after idleTimeout (keepalive MaxConnectionIdle), a peer
+// that stops answering pings is dropped, and clients pinging more often
+// than every 10s are disconnected (keepalive enforcement). Serve adds the
+// cap on concurrent connections (max_connections).
 //
 // A server of the caller's (Register) must use the same credentials: with
 // TLS configured, the handlers refuse calls that did not come over a TLS
 // connection with an observer certificate.
 func (a *Agent) NewGRPCServer() *grpc.Server {
-	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(64 << 10), grpc.ConnectionTimeout(10 * time.Second)}
+	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(64 << 10),
+		grpc.MaxConcurrentStreams(128),
+		grpc.ConnectionTimeout(a.handshake),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: a.idle, Time: time.Minute, Timeout: 20 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	}
 	if a.tls != nil {
-		opts = append(opts, grpc.Creds(credentials.NewTLS(a.tls.ServerConfig(tlsconf.KindObserver))))
+		creds := credentials.NewTLS(a.tls.ServerConfig(tlsconf.KindObserver))
+		opts = append(opts, grpc.Creds(handshakeReporter{TransportCredentials: creds, onFail: a.handshakeFailed}))
 	}
 	s := grpc.NewServer(opts...)
 	a.Register(s)
 	reflection.Register(s)
 	return s
+}
+
+// handshakeFailed counts and logs (rate-limited) a connection whose TLS
+// handshake failed.
+func (a *Agent) handshakeFailed(remote net.Addr, err error) {
+	a.m.connRefused.WithLabelValues(connHandshake).Inc()
+	a.warnLimited("conn/handshake", "connection refused: TLS handshake failed", "remote", addrString(remote), "err", err)
+}
+
+func addrString(addr net.Addr) string {
+	if addr == nil {
+		return ""
+	}
+	return addr.String()
 }
 
 // Start starts the per-group lease enforcement (one goroutine per group,
@@ -314,9 +393,14 @@ func (a *Agent) Start() {
 	}
 	if a.tls != nil {
 		a.goBackground(func() { a.tls.WatchSIGHUP(a.ctx, a.log.With("component", "tls")) })
+	} else {
+		a.log.Warn("INSECURE: the node agent has no tls section: it serves plaintext and trusts EVERY caller that reaches its port "+
+			"(anyone there can move the VIP, fence this host or send leases in any configured observer's name). "+
+			"Configure tls (ca, cert, key) outside a lab.", "listen", a.cfg.Listen)
 	}
 	a.log.Info("node agent started", "node", a.cfg.Node, "groups", len(a.order), "observers", a.cfg.Observers,
-		"quorum", a.quorum, "lease_timeout", a.leaseTimeout, "tls", a.tls != nil)
+		"quorum", a.quorum, "lease_timeout", a.leaseTimeout, "tls", a.tls != nil, "max_connections", a.cfg.MaxConnections,
+		"metrics_listen", a.cfg.MetricsListen)
 }
 
 // Close stops the enforcement loops and GARP bursts, kills a fence command
@@ -331,28 +415,85 @@ func (a *Agent) Close() {
 	a.wg.Wait()
 }
 
-// Serve listens on cfg.Listen and serves until ctx is done.
+// Serve listens on cfg.Listen (and cfg.MetricsListen when set) and serves
+// until ctx is done.
 func (a *Agent) Serve(ctx context.Context) error {
 	lis, err := net.Listen("tcp", a.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("nodeagent: listen: %w", err)
 	}
-	return a.ServeListener(ctx, lis)
+	var mlis net.Listener
+	if a.cfg.MetricsListen != "" {
+		if mlis, err = net.Listen("tcp", a.cfg.MetricsListen); err != nil {
+			lis.Close()
+			return fmt.Errorf("nodeagent: metrics_listen: %w", err)
+		}
+	}
+	return a.ServeListeners(ctx, lis, mlis)
 }
 
-// ServeListener starts the agent, serves gRPC on lis until ctx is done,
-// then stops the server (gracefully, for up to 5s) and closes the agent.
+// ServeListener is ServeListeners without a metrics listener.
 func (a *Agent) ServeListener(ctx context.Context, lis net.Listener) error {
+	return a.ServeListeners(ctx, lis, nil)
+}
+
+// ServeListeners starts the agent, serves gRPC on lis (at most
+// max_connections at once: a connection beyond is closed at once) and,
+// when metrics is not nil, GET /metrics on it (with the tls section:
+// mutual TLS, any certificate of the CA), until ctx is done; then it
+// stops the servers (gracefully, for up to 5s) and closes the agent.
+func (a *Agent) ServeListeners(ctx context.Context, lis, metrics net.Listener) error {
+	if metrics != nil && a.gatherer == nil {
+		lis.Close()
+		metrics.Close()
+		return errors.New("nodeagent: a metrics listener but no registry to serve (pass a *prometheus.Registry to New, or WithGatherer)")
+	}
 	s := a.NewGRPCServer()
 	a.Start()
 	defer a.Close()
-	errc := make(chan error, 1)
-	go func() { errc <- s.Serve(lis) }()
+	limited := newLimitListener(lis, a.cfg.MaxConnections, func(remote net.Addr) {
+		a.m.connRefused.WithLabelValues(connLimit).Inc()
+		a.warnLimited("conn/limit", "connection refused: max_connections reached", "remote", addrString(remote), "max_connections", a.cfg.MaxConnections)
+	}, func(n int64) { a.m.connections.Set(float64(n)) })
+	errc := make(chan error, 2)
+	go func() { errc <- s.Serve(limited) }()
 	a.log.Info("node agent serving", "addr", lis.Addr().String())
+	var hs *http.Server
+	if metrics != nil {
+		hs = a.metricsServer()
+		ml := newLimitListener(metrics, maxMetricsConnections, func(remote net.Addr) {
+			a.warnLimited("conn/metrics_limit", "metrics connection refused: too many at once", "remote", addrString(remote), "max", maxMetricsConnections)
+		}, nil)
+		useTLS := hs.TLSConfig != nil // ServeTLS changes the config: read it here only
+		go func() {
+			var err error
+			if useTLS {
+				err = hs.ServeTLS(ml, "", "")
+			} else {
+				err = hs.Serve(ml)
+			}
+			if errors.Is(err, http.ErrServerClosed) {
+				err = nil
+			}
+			errc <- err
+		}()
+		a.log.Info("node agent serving metrics", "addr", metrics.Addr().String(), "tls", useTLS)
+	}
+	running := 1
+	if hs != nil {
+		running++
+	}
+	var serveErr error
 	select {
 	case err := <-errc:
-		return fmt.Errorf("nodeagent: serve: %w", err)
+		running--
+		serveErr = fmt.Errorf("nodeagent: serve: %w", err)
 	case <-ctx.Done():
+	}
+	if hs != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = hs.Shutdown(sctx)
+		cancel()
 	}
 	done := make(chan struct{})
 	go func() { s.GracefulStop(); close(done) }()
@@ -362,8 +503,27 @@ func (a *Agent) ServeListener(ctx context.Context, lis net.Listener) error {
 		s.Stop()
 		<-done
 	}
-	<-errc
-	return nil
+	for ; running > 0; running-- {
+		<-errc
+	}
+	return serveErr
+}
+
+// metricsServer is the HTTP server of metrics_listen: GET /metrics of the
+// agent's registry, bounded read/write/idle times, and with the tls
+// section mutual TLS for any certificate of the CA.
+func (a *Agent) metricsServer() *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.gatherer, promhttp.HandlerOpts{Timeout: 10 * time.Second}))
+	hs := &http.Server{
+		Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 15 * time.Second, IdleTimeout: time.Minute,
+		ErrorLog: slog.NewLogLogger(a.log.With("component", "metrics").Handler(), slog.LevelDebug),
+	}
+	if a.tls != nil {
+		hs.TLSConfig = a.tls.ServerConfig() // any certificate of the CA
+		hs.TLSConfig.NextProtos = []string{"http/1.1"}
+	}
+	return hs
 }
 
 // goBackground runs f on a goroutine Close waits for, unless closed.
@@ -402,22 +562,41 @@ func (a *Agent) count(rpc string, err error) {
 	a.m.requests.WithLabelValues(rpc, result).Inc()
 }
 
+// countStale counts RemoveVIP and Fence: on success, stale says whether
+// the request's epoch was below the agent's (acted on, epoch unchanged).
+func (a *Agent) countStale(rpc string, stale bool, err error) {
+	if err == nil && stale {
+		a.m.requests.WithLabelValues(rpc, resultStaleActed).Inc()
+		return
+	}
+	a.count(rpc, err)
+}
+
 // authorize checks, when TLS is on, that the caller presented an observer
-// certificate and, for a request made in an observer's name (observer is
-// its observer field, checked when matchName), that the certificate is
-// that observer's: an observer cannot send a lease, or move the VIP, in
-// another observer's name. The handshake already admits only observer
-// certificates of the CA; checking the kind again here also covers a
-// server of the caller's (Register) with other credentials. Without TLS
-// every caller is trusted. Called before anything else, so a refused
-// caller learns nothing about the groups and changes nothing.
+// certificate whose name is one of the configured observers and, for a
+// request made in an observer's name (observer is its observer field,
+// checked when matchName), that the certificate is that observer's: an
+// observer cannot send a lease, or move the VIP, in another observer's
+// name, and a certificate of an observer this agent does not know (e.g.
+// of another cluster sharing the CA, or one not yet configured here) can
+// do nothing, Status included. The handshake already admits only
+// observer certificates of the CA; checking the kind again here also
+// covers a server of the caller's (Register) with other credentials.
+// Without TLS every caller is trusted (Start says so, loudly). Called
+// before anything else, so a refused caller learns nothing about the
+// groups and changes nothing.
 func (a *Agent) authorize(ctx context.Context, rpc, observer string, matchName bool) error {
 	if a.tls == nil {
 		return nil
 	}
 	deny := func(code codes.Code, identity, format string, args ...any) error {
 		err := status.Errorf(code, format, args...)
-		a.log.Warn("refused request", "rpc", rpc, "identity", identity, "observer", observer, "err", status.Convert(err).Message())
+		remote := ""
+		if p, ok := peer.FromContext(ctx); ok {
+			remote = addrString(p.Addr)
+		}
+		a.warnLimited("denied/"+rpc+"/"+code.String(), "refused request", "rpc", rpc, "identity", identity, "observer", observer,
+			"remote", remote, "err", status.Convert(err).Message())
 		return err
 	}
 	p, ok := peer.FromContext(ctx)
@@ -436,6 +615,9 @@ func (a *Agent) authorize(ctx context.Context, rpc, observer string, matchName b
 	if kind != tlsconf.KindObserver {
 		return deny(codes.PermissionDenied, id, "%s may not call %s: only observers may call the node agent", id, rpc)
 	}
+	if !a.observers[name] {
+		return deny(codes.PermissionDenied, id, "%s may not call %s: %q is not one of this agent's configured observers %v", id, rpc, name, a.cfg.Observers)
+	}
 	if matchName && observer != name {
 		return deny(codes.PermissionDenied, id, "%s may not send %s in the name of observer %q: the request's observer must be the certificate's name", id, rpc, observer)
 	}
@@ -444,7 +626,7 @@ func (a *Agent) authorize(ctx context.Context, rpc, observer string, matchName b
 
 // lookup validates the fields every epoch-carrying request has. Epoch 0
 // is valid: it is a group's epoch before its first failover.
-func (a *Agent) lookup(name string, epoch uint64) (*group, error) {
+func (a *Agent) lookup(name string) (*group, error) {
 	if name == "" {
 		return nil, status.Error(codes.InvalidArgument, "group is required")
 	}
@@ -455,38 +637,12 @@ func (a *Agent) lookup(name string, epoch uint64) (*group, error) {
 	return g, nil
 }
 
-// checkEpochLocked applies the fencing-token rule: refuse an epoch below
-// the highest seen, raise the highest for a higher one. g.mu is held.
-func (a *Agent) checkEpochLocked(g *group, epoch uint64, rpc, observer string) error {
-	if epoch < g.highest {
-		a.log.Warn("refused request of a stale epoch", "rpc", rpc, "group", g.name, "epoch", epoch, "highest_epoch", g.highest, "observer", observer)
-		return status.Errorf(codes.FailedPrecondition,
-			"group %q: stale epoch %d: this agent has seen epoch %d (a newer failover superseded this request)", g.name, epoch, g.highest)
-	}
-	if epoch > g.highest {
-		a.log.Info("epoch raised", "rpc", rpc, "group", g.name, "from", g.highest, "to", epoch, "observer", observer)
-		g.highest = epoch
-		a.m.highestEpoch.WithLabelValues(g.name).Set(float64(epoch))
-	}
-	return nil
-}
-
-// admit applies the epoch rule and persists the (possibly raised)
-// highest epoch before the caller acts. The caller holds g.act.
-func (a *Agent) admit(g *group, epoch uint64, rpc, observer string) error {
-	g.mu.Lock()
-	err := a.checkEpochLocked(g, epoch, rpc, observer)
-	h := g.highest
-	g.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	return a.persist(g, h)
-}
-
+// persist makes sure the confirmed epoch h is on disk. Callers do not
+// hold g.act: a stalled disk must never hold up a fence or the
+// self-fencing loop.
 func (a *Agent) persist(g *group, h uint64) error {
 	if err := a.store.raise(g.name, h); err != nil {
-		a.log.Error("cannot persist the highest epoch; refusing to act", "group", g.name, "epoch", h, "err", err)
+		a.log.Error("cannot persist the confirmed epoch", "group", g.name, "epoch", h, "err", err)
 		return status.Errorf(codes.Internal, "group %q: %v", g.name, err)
 	}
 	return nil
@@ -501,10 +657,12 @@ func (g *group) setHoldingLocked(a *Agent, v bool) {
 // group's VIP, announces it with gratuitous ARP and grants the host a
 // lease "as if from a quorum" for lease_timeout: the leader calls it only
 // after committing the failover's epoch through Raft, so it speaks for a
-// quorum; the observers' leases must then keep coming.
+// quorum; the observers' leases must then keep coming. An epoch below the
+// one the agent enforces is refused; one above the confirmed epoch is
+// only tentative (see the package comment), and so is the grant.
 func (a *Agent) AddVIP(ctx context.Context, req *vigilv1.VIPRequest) (resp *vigilv1.VIPResponse, err error) {
 	defer func() { a.count("AddVIP", err) }()
-	g, unlock, err := a.enter(ctx, "AddVIP", req.GetGroup(), req.GetEpoch(), req.GetObserver(), true)
+	g, _, unlock, err := a.enter(ctx, "AddVIP", req.GetGroup(), req.GetEpoch(), req.GetObserver(), false)
 	if err != nil {
 		return nil, err
 	}
@@ -522,15 +680,16 @@ func (a *Agent) AddVIP(ctx context.Context, req *vigilv1.VIPRequest) (resp *vigi
 		return nil, status.Errorf(codes.Internal, "group %q: %v", g.name, aerr)
 	}
 	g.mu.Lock()
+	now := a.now()
 	g.setHoldingLocked(a, true)
-	g.grantUntil = a.now().Add(a.leaseTimeout)
-	g.grantEpoch = req.GetEpoch() // == g.highest: only act holders raise it
+	g.grantUntil = now.Add(a.leaseTimeout)
+	g.grantEpoch = req.GetEpoch() // the enforced epoch: only act holders change it upwards
 	g.startupGrace = false
 	g.fenced = false
 	g.pendingFence = false
 	g.leasedPrimary = true // the grant is support as the primary
 	g.garpGen++
-	gen, h := g.garpGen, g.highest
+	gen, h := g.garpGen, a.effectiveLocked(g, now)
 	g.mu.Unlock()
 	a.log.Info("VIP added", "group", g.name, "vip", g.cidr, "interface", g.iface, "epoch", req.GetEpoch(), "changed", changed, "observer", req.GetObserver())
 
@@ -581,41 +740,53 @@ func (a *Agent) garpBurst(g *group, gen uint64) {
 }
 
 // enter is the common start of AddVIP, RemoveVIP and Fence: check the
-// caller, find the group, take its action lock and admit the epoch (the
-// fencing token). On success the caller must call unlock.
-//
-// With persistFirst, a raised epoch is persisted before the caller acts
-// (AddVIP, RemoveVIP: a restarted agent must still refuse the deposed
-// leader's late AddVIP). Without it (Fence) the epoch is only raised in
-// memory and the caller persists it after acting: fencing is safe at any
-// epoch, and a stalled disk must not hold the fence up.
-func (a *Agent) enter(ctx context.Context, rpc, name string, epoch uint64, observer string, persistFirst bool) (*group, func(), error) {
+// caller, find the group, take its action lock and apply the epoch rule
+// (the fencing token): an absurd jump is refused; an epoch above the
+// confirmed one raises the tentative epoch; one below the enforced epoch
+// is refused, except for fencing requests (RemoveVIP, Fence: removing the
+// VIP and fencing are safe at any epoch), which go on with stale set and
+// must then neither lift anything nor change the epoch. Nothing is
+// persisted here: only a quorum of leases confirms an epoch. On success
+// the caller must call unlock.
+func (a *Agent) enter(ctx context.Context, rpc, name string, epoch uint64, observer string, fencing bool) (g *group, stale bool, unlock func(), err error) {
 	if err := a.authorize(ctx, rpc, observer, true); err != nil {
-		return nil, nil, err
+		return nil, false, nil, err
 	}
-	g, err := a.lookup(name, epoch)
+	g, err = a.lookup(name)
 	if err != nil {
-		return nil, nil, err
+		return nil, false, nil, err
 	}
 	g.act.Lock()
-	if persistFirst {
-		err = a.admit(g, epoch, rpc, observer)
-	} else {
-		g.mu.Lock()
-		err = a.checkEpochLocked(g, epoch, rpc, observer)
-		g.mu.Unlock()
+	g.mu.Lock()
+	now := a.now()
+	a.expireTentativeLocked(g, now)
+	err = a.checkJumpLocked(g, epoch, rpc, observer)
+	if err == nil {
+		switch eff := a.effectiveLocked(g, now); {
+		case epoch < eff && !fencing:
+			err = a.staleLocked(g, epoch, eff, rpc, observer)
+		case epoch < eff:
+			stale = true
+			a.warnLimited("stale_acted/"+rpc+"/"+g.name+"/"+a.observerKey(observer), "request of a stale epoch: acting on it anyway (removing the VIP or fencing is safe at any epoch), epoch unchanged",
+				"rpc", rpc, "group", g.name, "epoch", epoch, "highest_epoch", eff, "observer", observer)
+		default:
+			a.tentativeLocked(g, epoch, now, rpc, observer)
+		}
 	}
+	g.mu.Unlock()
 	if err != nil {
 		g.act.Unlock()
-		return nil, nil, err
+		return nil, false, nil, err
 	}
-	return g, g.act.Unlock, nil
+	return g, stale, g.act.Unlock, nil
 }
 
-// RemoveVIP removes the group's VIP and cancels any AddVIP grant.
+// RemoveVIP removes the group's VIP and cancels any AddVIP grant, at
+// any epoch (a stale one changes no epoch).
 func (a *Agent) RemoveVIP(ctx context.Context, req *vigilv1.VIPRequest) (resp *vigilv1.VIPResponse, err error) {
-	defer func() { a.count("RemoveVIP", err) }()
-	g, unlock, err := a.enter(ctx, "RemoveVIP", req.GetGroup(), req.GetEpoch(), req.GetObserver(), true)
+	var stale bool
+	defer func() { a.countStale("RemoveVIP", stale, err) }()
+	g, stale, unlock, err := a.enter(ctx, "RemoveVIP", req.GetGroup(), req.GetEpoch(), req.GetObserver(), true)
 	if err != nil {
 		return nil, err
 	}
@@ -631,9 +802,9 @@ func (a *Agent) RemoveVIP(ctx context.Context, req *vigilv1.VIPRequest) (resp *v
 	g.mu.Lock()
 	g.setHoldingLocked(a, false)
 	g.garpGen++
-	h := g.highest
+	h := a.effectiveLocked(g, a.now())
 	g.mu.Unlock()
-	a.log.Info("VIP removed", "group", g.name, "vip", g.cidr, "interface", g.iface, "epoch", req.GetEpoch(), "changed", changed, "observer", req.GetObserver())
+	a.log.Info("VIP removed", "group", g.name, "vip", g.cidr, "interface", g.iface, "epoch", req.GetEpoch(), "changed", changed, "observer", req.GetObserver(), "stale", stale)
 	return &vigilv1.VIPResponse{Changed: changed, HighestEpoch: h}, nil
 }
 
@@ -641,18 +812,25 @@ func (a *Agent) RemoveVIP(ctx context.Context, req *vigilv1.VIPRequest) (resp *v
 // configured: the port cut off, client sessions terminated, read-only
 // attempted) and runs the fence command. Confirmed means the VIP is gone,
 // the database fence (if any) is verifiably in force and the command (if
-// any) exited 0. The epoch is persisted after fencing, not before.
+// any) exited 0. It acts at any epoch: one above the confirmed epoch
+// raises the tentative epoch (nothing is persisted, so a stalled disk
+// cannot hold a fence up); a stale one fences all the same but changes
+// no epoch and leaves a self-fence episode in progress to run its course
+// (its answer says so in detail).
 func (a *Agent) Fence(ctx context.Context, req *vigilv1.AgentFenceRequest) (resp *vigilv1.AgentFenceResponse, err error) {
-	defer func() { a.count("Fence", err) }()
-	g, unlock, err := a.enter(ctx, "Fence", req.GetGroup(), req.GetEpoch(), req.GetObserver(), false)
+	var stale bool
+	defer func() { a.countStale("Fence", stale, err) }()
+	g, stale, unlock, err := a.enter(ctx, "Fence", req.GetGroup(), req.GetEpoch(), req.GetObserver(), true)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
 	g.mu.Lock()
 	g.grantUntil, g.startupGrace = time.Time{}, false
-	g.pendingFence = false // this fence supersedes a self-fence in progress
-	g.leasedPrimary = false
+	if !stale {
+		g.pendingFence = false // this fence supersedes a self-fence in progress
+		g.leasedPrimary = false
+	}
 	g.mu.Unlock()
 
 	var detail []string
@@ -696,15 +874,16 @@ func (a *Agent) Fence(ctx context.Context, req *vigilv1.AgentFenceRequest) (resp
 	}
 	confirmed := gone && dbOK && cmdOK
 	g.mu.Lock()
-	g.fenced = confirmed
-	dbFenced := g.dbFenced
-	h := g.highest
-	g.mu.Unlock()
-	d := strings.Join(detail, "; ")
-	if perr := a.persist(g, h); perr != nil {
-		a.log.Error("fenced, but the raised epoch could not be persisted", "group", g.name, "epoch", h, "detail", d, "err", perr)
-		return nil, perr
+	if !stale || confirmed {
+		g.fenced = confirmed
 	}
+	dbFenced := g.dbFenced
+	h := a.effectiveLocked(g, a.now())
+	g.mu.Unlock()
+	if stale {
+		detail = append([]string{fmt.Sprintf("stale epoch %d (this agent has seen epoch %d): fenced anyway, epoch unchanged", req.GetEpoch(), h)}, detail...)
+	}
+	d := strings.Join(detail, "; ")
 	if confirmed {
 		a.log.Info("fenced", "group", g.name, "epoch", req.GetEpoch(), "observer", req.GetObserver(), "detail", d)
 	} else {
@@ -737,59 +916,87 @@ func (a *Agent) runFence(g *group, step string, epoch uint64, observer string) e
 }
 
 // Lease records one observer's statement "member P is the primary of
-// epoch E" and applies the holding rule at once.
+// epoch E" and applies the holding rule at once. Every lease from a
+// configured observer (not an absurd jump) is also that observer's claim
+// for the quorum rule, even when it is refused as stale: the confirmed
+// epoch rises to the quorum-th highest of the fresh claims, and is
+// persisted after the rule is applied, without the action lock held.
 func (a *Agent) Lease(ctx context.Context, req *vigilv1.LeaseRequest) (resp *vigilv1.LeaseResponse, err error) {
 	defer func() { a.count("Lease", err) }()
 	if err := a.authorize(ctx, "Lease", req.GetObserver(), true); err != nil {
 		return nil, err
 	}
-	g, err := a.lookup(req.GetGroup(), req.GetEpoch())
+	g, err := a.lookup(req.GetGroup())
 	if err != nil {
 		return nil, err
 	}
-	obs := req.GetObserver()
+	obs, epoch := req.GetObserver(), req.GetEpoch()
 	if !a.observers[obs] {
 		return nil, status.Errorf(codes.InvalidArgument, "group %q: observer %q is not one of the configured observers %v", g.name, obs, a.cfg.Observers)
 	}
 	if req.GetPrimary() == "" {
 		return nil, status.Errorf(codes.InvalidArgument, "group %q: primary is required", g.name)
 	}
-	g.mu.Lock()
-	raising := req.GetEpoch() > g.highest
-	g.mu.Unlock()
+
+	// A lease that changes the enforced epoch (a tentative raise, or a
+	// quorum confirming a higher one) invalidates the AddVIP grant and the
+	// leases of the old epoch: serialise it with AddVIP (the action lock,
+	// taken before g.mu) so that a VIP being added under the old epoch is
+	// seen, and dropped, here.
 	actLocked := false
-	if raising {
-		// A newer epoch invalidates the AddVIP grant and every lease of
-		// the old one; serialise with AddVIP so that a VIP being added
-		// under the old epoch is seen, and dropped, here.
+	defer func() {
+		if actLocked {
+			g.act.Unlock()
+		}
+	}()
+	var now time.Time
+	for {
+		g.mu.Lock()
+		now = a.now()
+		if err := a.checkJumpLocked(g, epoch, "Lease", obs); err != nil {
+			g.mu.Unlock()
+			return nil, err
+		}
+		g.claims[obs] = claim{epoch: epoch, at: now}
+		if actLocked || (a.quorumEpochLocked(g, now) <= g.highest && epoch <= a.effectiveLocked(g, now)) {
+			break
+		}
+		g.mu.Unlock()
 		g.act.Lock()
-		defer g.act.Unlock()
 		actLocked = true
 	}
-	g.mu.Lock()
-	if err := a.checkEpochLocked(g, req.GetEpoch(), "Lease", obs); err != nil {
-		g.mu.Unlock()
-		return nil, err
-	}
-	if g.startupGrace {
-		if req.GetPrimary() == g.member {
-			g.grantEpoch = g.highest
-		} else {
-			g.grantUntil, g.startupGrace = time.Time{}, false
+	// g.mu is held.
+	a.expireTentativeLocked(g, now)
+	raised := a.confirmLocked(g, now)
+	var refused error
+	if eff := a.effectiveLocked(g, now); epoch < eff {
+		refused = a.staleLocked(g, epoch, eff, "Lease", obs)
+	} else {
+		a.tentativeLocked(g, epoch, now, "Lease", obs)
+		if g.startupGrace {
+			if req.GetPrimary() == g.member {
+				g.grantEpoch = a.effectiveLocked(g, now)
+			} else {
+				g.grantUntil, g.startupGrace = time.Time{}, false
+			}
 		}
+		g.leases[obs] = lease{epoch: epoch, primary: req.GetPrimary(), at: now}
 	}
-	g.leases[obs] = lease{epoch: req.GetEpoch(), primary: req.GetPrimary(), at: a.now()}
-	ok, supporters, _ := a.supportLocked(g, a.now())
-	a.m.leaseObservers.WithLabelValues(g.name).Set(float64(len(supporters)))
-	if ok {
-		g.leasedPrimary = true
-		if g.pendingFence {
-			g.pendingFence = false
-			a.log.Info("lease quorum back; pending self-fence cancelled", "group", g.name, "epoch", g.highest, "observers", supporters)
+	act := false
+	if refused == nil || raised {
+		// Refused and nothing raised: nothing changed, nothing to do.
+		ok, supporters, _ := a.supportLocked(g, now)
+		a.m.leaseObservers.WithLabelValues(g.name).Set(float64(len(supporters)))
+		if ok {
+			g.leasedPrimary = true
+			if g.pendingFence {
+				g.pendingFence = false
+				a.log.Info("lease quorum back; pending self-fence cancelled", "group", g.name, "epoch", a.effectiveLocked(g, now), "observers", supporters)
+			}
 		}
+		act = (g.holding || g.leasedPrimary) && !ok
 	}
-	act := (g.holding || g.leasedPrimary) && !ok
-	h := g.highest
+	h, eff := g.highest, a.effectiveLocked(g, now)
 	g.mu.Unlock()
 	if act {
 		// The rule no longer holds (e.g. a higher epoch naming another
@@ -798,21 +1005,31 @@ func (a *Agent) Lease(ctx context.Context, req *vigilv1.LeaseRequest) (resp *vig
 		// must not hold it up).
 		if !actLocked {
 			g.act.Lock()
-			defer g.act.Unlock()
+			actLocked = true
 		}
 		a.reconcileLocked(g, "lease")
 	}
-	if perr := a.persist(g, h); perr != nil {
-		return nil, perr
+	if actLocked {
+		g.act.Unlock()
+		actLocked = false
+	}
+	if raised {
+		if perr := a.persist(g, h); perr != nil {
+			return nil, perr
+		}
+	}
+	if refused != nil {
+		return nil, refused
 	}
 	g.mu.Lock()
 	holding := g.holding
 	g.mu.Unlock()
-	return &vigilv1.LeaseResponse{HighestEpoch: h, Holding: holding, DatabaseFence: g.dbf != nil, LeaseTimeoutMs: a.leaseTimeout.Milliseconds()}, nil
+	return &vigilv1.LeaseResponse{HighestEpoch: eff, Holding: holding, DatabaseFence: g.dbf != nil, LeaseTimeoutMs: a.leaseTimeout.Milliseconds()}, nil
 }
 
-// Status reports the agent's view of every group. With TLS, any observer
-// certificate may ask.
+// Status reports the agent's view of every group (highest_epoch is the
+// epoch it enforces: the confirmed one, or a valid tentative one above
+// it). With TLS, any configured observer may ask.
 func (a *Agent) Status(ctx context.Context, _ *vigilv1.AgentStatusRequest) (*vigilv1.AgentStatusResponse, error) {
 	if err := a.authorize(ctx, "Status", "", false); err != nil {
 		a.count("Status", err)
@@ -825,7 +1042,7 @@ func (a *Agent) Status(ctx context.Context, _ *vigilv1.AgentStatusRequest) (*vig
 		_, supporters, _ := a.supportLocked(g, now)
 		resp.Groups = append(resp.Groups, &vigilv1.AgentGroupStatus{
 			Group: g.name, Member: g.member, Vip: g.cidr, Interface: g.iface,
-			HighestEpoch: g.highest, Holding: g.holding, LeaseObservers: supporters, Fenced: g.fenced,
+			HighestEpoch: a.effectiveLocked(g, now), Holding: g.holding, LeaseObservers: supporters, Fenced: g.fenced,
 			DatabaseFenced: g.dbFenced, DatabaseFence: g.dbDesc,
 		})
 		g.mu.Unlock()

@@ -248,24 +248,45 @@ func TestRemoveVIPIdempotent(t *testing.T) {
 	}
 }
 
+// confirm has a quorum of observers (obs1, obs2) lease epoch naming
+// primary, which confirms (and persists) the epoch.
+func (h *harness) confirm(t *testing.T, epoch uint64, primary string) {
+	t.Helper()
+	h.mustLease(t, "obs1", epoch, primary)
+	h.mustLease(t, "obs2", epoch, primary)
+	if got := h.a.store.get(tGroup); got < epoch {
+		t.Fatalf("epoch %d not confirmed by two observers' leases (persisted %d)", epoch, got)
+	}
+}
+
 func TestEpochFencingToken(t *testing.T) {
 	h := newHarness(t, nil)
+	h.confirm(t, 5, "db1")
 	h.add(t, 5)
 	ctx := context.Background()
 	_, err := h.a.AddVIP(ctx, &vigilv1.VIPRequest{Group: tGroup, Epoch: 4})
 	wantCode(t, err, codes.FailedPrecondition, "stale epoch 4", "seen epoch 5")
-	_, err = h.a.RemoveVIP(ctx, &vigilv1.VIPRequest{Group: tGroup, Epoch: 4})
-	wantCode(t, err, codes.FailedPrecondition, "stale epoch 4", "seen epoch 5")
-	if !h.holds() {
-		t.Fatal("a refused RemoveVIP removed the VIP")
-	}
-	_, err = h.a.Fence(ctx, &vigilv1.AgentFenceRequest{Group: tGroup, Epoch: 4})
-	wantCode(t, err, codes.FailedPrecondition, "stale epoch 4")
-	if !h.holds() || len(markerLines(t, h.marker)) != 0 {
-		t.Fatal("a refused Fence acted")
-	}
 	_, err = h.lease("obs1", 4, "db1")
 	wantCode(t, err, codes.FailedPrecondition, "stale epoch 4")
+	if !h.holds() {
+		t.Fatal("a refused request removed the VIP")
+	}
+
+	// Removing the VIP and fencing are safe at any epoch: a stale
+	// RemoveVIP or Fence acts, and changes no epoch.
+	r, err := h.a.RemoveVIP(ctx, &vigilv1.VIPRequest{Group: tGroup, Epoch: 4})
+	if err != nil || !r.Changed || r.HighestEpoch != 5 || h.holds() {
+		t.Fatalf("stale RemoveVIP: %+v %v holds=%v", r, err, h.holds())
+	}
+	h.add(t, 5)
+	fr, err := h.a.Fence(ctx, &vigilv1.AgentFenceRequest{Group: tGroup, Epoch: 4})
+	if err != nil || !fr.Confirmed || fr.HighestEpoch != 5 || h.holds() || !strings.Contains(fr.Detail, "stale epoch 4") {
+		t.Fatalf("stale Fence: %+v %v holds=%v", fr, err, h.holds())
+	}
+	if lines := markerLines(t, h.marker); len(lines) != 1 || lines[0] != "fence group=pg-main epoch=4 member=db1" {
+		t.Fatalf("fence command: %q", lines)
+	}
+	h.add(t, 5)
 
 	// Bad input and unknown groups change nothing either.
 	_, err = h.a.AddVIP(ctx, &vigilv1.VIPRequest{Group: "", Epoch: 9})
@@ -287,6 +308,11 @@ func TestEpochFencingToken(t *testing.T) {
 	for result, want := range map[string]float64{"stale_epoch": 2, "invalid": 1} {
 		if v := h.metric(t, "vigil_agent_requests_total", map[string]string{"rpc": "AddVIP", "result": result}); v != want {
 			t.Errorf("AddVIP %s = %v, want %v", result, v, want)
+		}
+	}
+	for _, rpc := range []string{"RemoveVIP", "Fence"} {
+		if v := h.metric(t, "vigil_agent_requests_total", map[string]string{"rpc": rpc, "result": "stale_epoch_acted"}); v != 1 {
+			t.Errorf("%s stale_epoch_acted = %v, want 1", rpc, v)
 		}
 	}
 	if v := h.metric(t, "vigil_agent_highest_epoch", map[string]string{"group": tGroup}); v != 5 {
@@ -417,8 +443,14 @@ func TestHigherEpochLeaseForAnotherMemberDropsAtOnce(t *testing.T) {
 	if lines := markerLines(t, h.marker); len(lines) != 1 || lines[0] != "self_fence group=pg-main epoch=5 member=db1" {
 		t.Fatalf("fence command: %q", lines)
 	}
-	if h.a.store.get(tGroup) != 5 {
-		t.Fatal("epoch 5 not persisted")
+	// One observer's word is acted on (the VIP is gone) but not
+	// persisted: only a quorum of leases confirms an epoch.
+	if got := h.a.store.get(tGroup); got != 4 {
+		t.Fatalf("persisted epoch %d after one observer's epoch-5 lease, want 4", got)
+	}
+	h.mustLease(t, "obs3", 5, "db2")
+	if got := h.a.store.get(tGroup); got != 5 {
+		t.Fatalf("persisted epoch %d after two observers' epoch-5 leases, want 5", got)
 	}
 }
 
@@ -575,6 +607,7 @@ func TestStartupGraceForAPresentVIP(t *testing.T) {
 func TestEpochPersistsAcrossRestart(t *testing.T) {
 	h := newHarness(t, nil)
 	h.add(t, 7)
+	h.confirm(t, 7, "db1")
 	h.a.Close()
 	a2, err := New(testConfig(h.dir, nil), nil, nil, WithAddrs(h.fake))
 	if err != nil {

@@ -71,11 +71,21 @@ type Config struct {
 	GARP GARP `yaml:"garp"`
 	// Groups are the groups this host has a member in.
 	Groups []Group `yaml:"groups"`
-	// TLS, when set, makes the agent serve mutual TLS: only observer
-	// certificates signed by the CA may call it, and each call's observer
-	// field must be the caller's certificate name. Unset: plaintext, for a
-	// network only the observers reach.
+	// TLS, when set, makes the agent serve mutual TLS: only certificates
+	// of configured observers signed by the CA may call it, and each
+	// call's observer field must be the caller's certificate name. Unset:
+	// plaintext, for a network only the observers reach; every caller is
+	// trusted then.
 	TLS TLS `yaml:"tls,omitempty"`
+	// MetricsListen, if set, is the host:port where the agent serves its
+	// Prometheus metrics (GET /metrics). With the tls section it is
+	// served over mutual TLS to any certificate of the CA (give
+	// Prometheus a viewer certificate); without it, plaintext.
+	MetricsListen string `yaml:"metrics_listen,omitempty"`
+	// MaxConnections caps the connections open at once on the gRPC port
+	// (default 64); connections beyond it are closed at once and
+	// counted (vigil_agent_connections_refused_total{reason="limit"}).
+	MaxConnections int `yaml:"max_connections,omitempty"`
 }
 
 // TLS names the agent's mutual-TLS files (PEM): the CA certificate(s) it
@@ -391,6 +401,9 @@ func (c *Config) ApplyDefaults() {
 	if c.GARP.Interval == 0 {
 		c.GARP.Interval = Duration(DefaultGARPInterval)
 	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = DefaultMaxConnections
+	}
 	for i := range c.Groups {
 		if c.Groups[i].FenceTimeout == 0 {
 			c.Groups[i].FenceTimeout = c.FenceTimeout
@@ -518,6 +531,18 @@ func (c *Config) Validate() error {
 	}
 	if c.DataDir == "" {
 		v.add("data_dir", nil, "required: the directory where the highest epoch per group is kept")
+	}
+	if c.MetricsListen != "" {
+		if _, port, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			v.add("metrics_listen", c.MetricsListen, "not host:port: %v", err)
+		} else if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+			v.add("metrics_listen", c.MetricsListen, "port must be a number from 1 to 65535")
+		} else if c.MetricsListen == c.Listen {
+			v.add("metrics_listen", c.MetricsListen, "must differ from listen (the gRPC port)")
+		}
+	}
+	if c.MaxConnections < 1 || c.MaxConnections > maxMaxConnections {
+		v.add("max_connections", c.MaxConnections, "must be between 1 and %d (0 means %d)", maxMaxConnections, DefaultMaxConnections)
 	}
 
 	seenObs := map[string]int{}

@@ -7,38 +7,96 @@
 // # Requests and the epoch
 //
 // Every request (AddVIP, RemoveVIP, Fence, Lease) carries the group's
-// epoch, the fencing token of the failover it belongs to. A request whose
-// epoch is below the highest the agent has seen for the group is refused
-// with FailedPrecondition, naming both epochs, and changes nothing. A
-// higher epoch is raised and persisted (data_dir/epochs.json: temp file,
-// fsync, rename, fsync of the directory) before the agent acts on it, so
-// a restarted agent still refuses a deposed leader's late request. Fence
-// is the exception to "persist first": it raises the epoch in memory,
-// fences, and persists before answering (fencing is safe at any epoch, and
-// a stalled disk must not hold the fence up; the answer waits for the
-// disk, so the observers see an unconfirmed fence then). A lease that
-// takes the support away also fences before its epoch is persisted.
+// epoch, the fencing token of the failover it belongs to. The agent keeps
+// two epochs per group:
+//
+//   - the confirmed epoch (vigil_agent_highest_epoch), persisted in
+//     data_dir/epochs.json (temp file, fsync, rename, fsync of the
+//     directory). It is raised only when a quorum (the agent's `quorum`)
+//     of distinct configured observers have sent, less than lease_timeout
+//     ago (receive time), leases whose epoch is ≥ E: it becomes the
+//     quorum-th highest epoch of those observers' latest leases. A lease
+//     counts there even when it is refused as stale, so one observer
+//     holding a high tentative epoch (below) cannot keep the others'
+//     real epoch from being confirmed;
+//   - a tentative epoch (vigil_agent_tentative_epoch): any single
+//     observer's request (the leader's AddVIP after a promotion, a
+//     RemoveVIP, a Fence, one observer's lease) above the confirmed epoch
+//     is acted on, and makes its epoch the tentative one for lease_timeout
+//     from that request (a later request of the same epoch restarts it).
+//     Unless a quorum of leases confirms it first, it lapses; it is never
+//     persisted.
+//
+// The epoch enforced (Status' highest_epoch, the answers' highest_epoch)
+// is the confirmed one, or a valid tentative one above it. AddVIP and
+// Lease below it are refused with FailedPrecondition, naming both epochs,
+// and change nothing (a refused lease is still its observer's word for
+// the quorum rule). RemoveVIP and Fence act whatever the epoch — removing
+// the VIP and fencing are safe — but one below the enforced epoch changes
+// no epoch, lifts nothing (a self-fence episode in progress runs on) and
+// says "stale epoch" in its answer (vigil_agent_requests_total
+// result="stale_epoch_acted"). A request whose epoch is more than
+// MaxEpochJump (1,000,000) above the confirmed epoch is refused outright
+// with InvalidArgument (vigil_agent_epoch_jumps_refused_total, a warning
+// naming the observer), Fence included: a failover raises the epoch by
+// one.
+//
+// So one observer's word — a stolen observer certificate — never changes
+// what the agent enforces for longer than lease_timeout after its last
+// request, and never survives a restart: it can take the VIP away (as it
+// always could, with Fence or RemoveVIP) and, with AddVIP, hold it for
+// one lease_timeout, but it cannot lock the real epoch out. A restarted
+// agent enforces the confirmed epoch, so a deposed leader's late request
+// is refused once a quorum of observers leased the new epoch: the
+// observers lease every member's agent of the group every
+// lease_timeout/3, the old primary's included during a failover (naming
+// the candidate), so that is within about lease_timeout/3 of a quorum of
+// observers applying the failover's intent. Nothing waits for the disk
+// but the answer to the lease that raised the confirmed epoch, persisted
+// after the holding rule was applied and without the action lock held:
+// a stalled disk never holds up a fence or the self-fencing loop.
 //
 // # Transport security
 //
 // With the tls section (ca, cert, key; the certificate of kind "agent")
 // the agent serves mutual TLS 1.3 and only observer certificates signed by
-// the CA complete the handshake. Each Lease, AddVIP, RemoveVIP and Fence
-// must carry the caller's own certificate name as its observer field
-// (PermissionDenied otherwise): one observer cannot speak for another,
-// which matters for the lease quorum. Status needs any observer
-// certificate. SIGHUP reloads the files; a failed reload keeps the
+// the CA complete the handshake. Every RPC, Status included, must come
+// from a certificate whose name is one of the configured observers
+// (PermissionDenied otherwise), and each Lease, AddVIP, RemoveVIP and
+// Fence must carry the caller's own certificate name as its observer
+// field: one observer cannot speak for another, which matters for the
+// lease quorum. SIGHUP reloads the files; a failed reload keeps the
 // current ones. Without the tls section the agent serves plaintext and
-// trusts every caller.
+// trusts every caller; it says so, loudly, when it starts.
+//
+// # Connections and metrics
+//
+// The gRPC port holds at most max_connections (default 64) connections
+// at once: one beyond is closed at once and counted
+// (vigil_agent_connections_refused_total{reason="limit"}). A new
+// connection must complete its TLS handshake and HTTP/2 preface within
+// 5s (grpc.ConnectionTimeout, set on the raw connection before the
+// handshake; failed handshakes are counted with reason="handshake"), and
+// one without RPCs for 5 minutes is closed (keepalive MaxConnectionIdle;
+// a peer that stops answering pings is dropped, one pinging more often
+// than every 10s disconnected). Warnings about refused connections and
+// requests name the remote address or observer and are rate-limited to
+// one line per kind every 10s. With metrics_listen the agent serves GET
+// /metrics (its registry: `vigil node` adds the Go and process
+// collectors), over mutual TLS to any certificate of the CA when the tls
+// section is set, plaintext otherwise.
 //
 // # The holding rule (self-fencing)
 //
 // The host is supported as the primary iff at least `quorum` distinct
 // configured observers sent it, less than lease_timeout ago (receive
-// time, monotonic clock), a lease for the highest epoch naming this
-// host's member as primary — or the leader's AddVIP grant is still valid:
-// AddVIP counts as a lease from a quorum for lease_timeout, because the
-// leader calls it only after committing the epoch through Raft. The agent
+// time, monotonic clock), a lease for the enforced epoch naming this
+// host's member as primary — or the leader's AddVIP grant for that epoch
+// is still valid: AddVIP counts as a lease from a quorum for
+// lease_timeout, because the leader calls it only after committing the
+// epoch through Raft (a grant of a tentative epoch ends when that epoch
+// lapses, at the latest). A lease naming another member means "do not
+// hold the VIP" for this agent. The agent
 // holds the VIP only while it is supported. The rule is evaluated on
 // every lease, every lease_timeout/4 and at the moment support expires.
 //
@@ -52,8 +110,9 @@
 // runs the group's fence_command (VIGIL_STEP=self_fence); the VIP removal
 // and the database fence are retried on every evaluation, the command
 // with back-off, until they succeed or support comes back. A lease of a
-// higher epoch (or any lease that leaves fewer than `quorum` supporters)
-// fences at once. A host never supported as the primary — a standby —
+// higher epoch (even one observer's, which makes it the tentative epoch),
+// or any lease that leaves fewer than `quorum` supporters, fences at
+// once. A host never supported as the primary — a standby —
 // never fences. Leases never add the VIP nor lift the database fence (see
 // reconcileLocked).
 //
@@ -122,6 +181,16 @@
 // fence's nftables transaction (netlink calls, about a millisecond each)
 // and the agent's own scheduling (the loop wakes at the exact moment the
 // support expires).
+// The epoch rules do not lengthen this: a tentative epoch only ever
+// takes support away (leases of the confirmed epoch no longer count
+// while it is valid), and the grant of a tentative epoch lasts no longer
+// than that epoch. What a lapsing tentative epoch adds is a window of
+// lease_timeout in which one observer's newer epoch is enforced and then
+// no longer is; the observers close it for real failovers by leasing the
+// new epoch to the old primary's agent from the moment they apply the
+// intent, so a quorum confirms it (and the agent persists it) well before
+// the leader's own Fence's tentative epoch lapses.
+//
 // Hence an observer leader that could not fence the old primary directly
 // (its agent unreachable) must wait at least L (plus a small margin for
 // drift and scheduling, e.g. 10% + 50ms) after the last lease call any
@@ -130,11 +199,15 @@
 // is declared, provided the observers stopped leasing the host when they
 // stopped seeing it. Two consequences for the observer side:
 //
-//   - Observers must stop leasing the old primary as soon as a failover
-//     away from it is committed (an active failover whose old member is
-//     the leased one), not only at the promotion step: otherwise a
-//     quorum of observers that can still reach the old host would keep
-//     its VIP alive while the leader, cut off from it, promotes another.
+//   - Observers must stop naming the old primary as the primary as soon
+//     as a failover away from it is committed (an active failover whose
+//     old member is the leased one), not only at the promotion step:
+//     otherwise a quorum of observers that can still reach the old host
+//     would keep its VIP alive while the leader, cut off from it,
+//     promotes another. They lease its agent the new epoch naming the
+//     candidate instead (which fences it at once and confirms the new
+//     epoch there), and lease the candidate's agent nothing until the
+//     promotion is committed.
 //   - A host that fenced itself is not given its VIP back by leases; the
 //     leader has to call AddVIP again (a new route step) if the host is
 //     still meant to be primary, e.g. after an aborted failover.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"slices"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -66,16 +67,22 @@ func fuzzInput(tlsMode bool, records ...[]byte) []byte {
 }
 
 // FuzzAgentRequests feeds decoded requests to the handlers of an agent on
-// the fake Addrs (no network, loops not started) and checks every answer
-// against a model of the rules: with TLS, a caller that is not an
-// observer, or not the request's observer, is refused (PermissionDenied);
-// an empty group is InvalidArgument, an unknown one NotFound; a lease
-// from an unconfigured observer or without a primary is InvalidArgument;
-// then any request whose epoch is below the agent's highest for the group
-// is refused with FailedPrecondition; anything else succeeds and raises
-// the highest epoch to the request's. A refused request changes nothing
-// (status, VIP, persisted epoch); the highest epoch never goes down; and
-// nothing panics.
+// the fake Addrs (no network, loops not started, the clock stopped: no
+// lease or tentative epoch expires) and checks every answer against a
+// model of the rules: with TLS, a caller that is not an observer, or not
+// the request's observer, is refused (PermissionDenied); an empty group is
+// InvalidArgument, an unknown one NotFound; a lease from an unconfigured
+// observer or without a primary is InvalidArgument; an epoch more than
+// MaxEpochJump above the confirmed one is InvalidArgument. Then a lease
+// is its observer's claim, and the confirmed epoch is the quorum-th
+// highest claim (never lower than it was); the enforced epoch is the
+// higher of the confirmed one and the tentative one. AddVIP and Lease
+// below the enforced epoch are refused with FailedPrecondition; RemoveVIP
+// and Fence below it succeed without changing any epoch; any other
+// request succeeds and makes its epoch the tentative one when it is above
+// the confirmed one. Only the confirmed epoch is persisted. A refused
+// request changes nothing but the confirmed epoch (status, VIP); the
+// confirmed epoch never goes down; and nothing panics.
 func FuzzAgentRequests(f *testing.F) {
 	pki := nodeagenttest.NewPKI(f)
 	agentFiles := pki.Issue(f, tlsconf.KindAgent, "db1host")
@@ -148,6 +155,21 @@ func FuzzAgentRequests(f *testing.F) {
 			g.mu.Lock()
 			defer g.mu.Unlock()
 			return g.highest
+		}
+		// The model.
+		var mConfirmed, mTentative uint64
+		mClaims := map[string]uint64{}
+		mEffective := func() uint64 { return max(mConfirmed, mTentative) }
+		mQuorum := func() uint64 {
+			var es []uint64
+			for _, e := range mClaims {
+				es = append(es, e)
+			}
+			if len(es) < a.quorum {
+				return 0
+			}
+			slices.Sort(es)
+			return es[len(es)-a.quorum]
 		}
 		statusCtx := context.Background()
 		if tlsMode {
@@ -243,6 +265,7 @@ func FuzzAgentRequests(f *testing.F) {
 
 			h0, before := highest(), snap()
 			want := codes.OK
+			epochChecked := false
 			switch {
 			case tlsMode && fuzzCallers[ci].kind != tlsconf.KindObserver:
 				want = codes.PermissionDenied
@@ -254,27 +277,53 @@ func FuzzAgentRequests(f *testing.F) {
 				want = codes.NotFound
 			case isLease && (!a.observers[observer] || primary == ""):
 				want = codes.InvalidArgument
-			case epoch < h0:
-				want = codes.FailedPrecondition
+			case epoch > mConfirmed && epoch-mConfirmed > MaxEpochJump:
+				want = codes.InvalidArgument
+			default:
+				epochChecked = true
+			}
+			if epochChecked {
+				if isLease {
+					mClaims[observer] = epoch
+					if q := mQuorum(); q > mConfirmed {
+						mConfirmed = q
+						if mTentative <= q {
+							mTentative = 0
+						}
+					}
+				}
+				stale := epoch < mEffective()
+				switch {
+				case stale && (kind == 0 || isLease):
+					want = codes.FailedPrecondition
+				case !stale && epoch > mConfirmed:
+					mTentative = epoch
+				}
 			}
 			answered, err := call()
 			if got := status.Code(err); got != want {
-				t.Fatalf("op %d (group %q epoch %d observer %q primary %q, caller %q, highest %d): %v (%v), want %v",
-					kind, group, epoch, observer, primary, caller, h0, got, err, want)
+				t.Fatalf("op %d (group %q epoch %d observer %q primary %q, caller %q, confirmed %d, enforced %d): %v (%v), want %v",
+					kind, group, epoch, observer, primary, caller, h0, mEffective(), got, err, want)
 			}
 			h1 := highest()
 			if h1 < h0 {
-				t.Fatalf("highest epoch went down: %d -> %d", h0, h1)
+				t.Fatalf("confirmed epoch went down: %d -> %d", h0, h1)
+			}
+			if h1 != mConfirmed || a.store.get(tGroup) != mConfirmed {
+				t.Fatalf("op %d epoch %d: confirmed %d, persisted %d; the model says %d (claims %v)", kind, epoch, h1, a.store.get(tGroup), mConfirmed, mClaims)
+			}
+			after := snap()
+			if got := after.st.Groups[0].HighestEpoch; got != mEffective() {
+				t.Fatalf("op %d epoch %d: status says epoch %d, the model %d", kind, epoch, got, mEffective())
 			}
 			if err != nil {
-				if after := snap(); h1 != h0 || !proto.Equal(before.st, after.st) || before.holds != after.holds || before.persisted != after.persisted {
-					t.Fatalf("refused request (%v) changed the state: highest %d -> %d, %+v -> %+v", err, h0, h1, before, after)
+				if !proto.Equal(before.st, after.st) || before.holds != after.holds {
+					t.Fatalf("refused request (%v) changed the state: %+v -> %+v", err, before, after)
 				}
 				continue
 			}
-			if wantH := max(h0, epoch); h1 != wantH || answered != wantH || a.store.get(tGroup) != wantH {
-				t.Fatalf("accepted request of epoch %d (highest was %d): highest %d, answered %d, persisted %d; want %d",
-					epoch, h0, h1, answered, a.store.get(tGroup), wantH)
+			if answered != mEffective() {
+				t.Fatalf("accepted request of epoch %d (confirmed was %d): answered %d, want %d", epoch, h0, answered, mEffective())
 			}
 		}
 	})

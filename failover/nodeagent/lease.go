@@ -11,14 +11,16 @@ const maxFenceRetry = 30 * time.Second
 
 // supportLocked evaluates the holding rule at now: the host may hold the
 // VIP iff at least quorum distinct configured observers sent, less than
-// lease_timeout ago, a lease for the highest epoch naming this host's
-// member as primary, or an AddVIP grant for the highest epoch is still
-// valid. It returns the verdict, the supporting observers (sorted) and
-// when the support ends (zero if it does not hold). g.mu is held.
+// lease_timeout ago, a lease for the enforced epoch (effectiveLocked)
+// naming this host's member as primary, or an AddVIP grant for that
+// epoch is still valid. It returns the verdict, the supporting observers
+// (sorted) and when the support ends (zero if it does not hold): at the
+// latest when a tentative epoch it rests on lapses. g.mu is held.
 func (a *Agent) supportLocked(g *group, now time.Time) (ok bool, supporters []string, until time.Time) {
+	eff := a.effectiveLocked(g, now)
 	var times []time.Time
 	for obs, l := range g.leases {
-		if l.epoch == g.highest && l.primary == g.member && now.Sub(l.at) < a.leaseTimeout {
+		if l.epoch == eff && l.primary == g.member && now.Sub(l.at) < a.leaseTimeout {
 			supporters = append(supporters, obs)
 			times = append(times, l.at)
 		}
@@ -30,11 +32,14 @@ func (a *Agent) supportLocked(g *group, now time.Time) (ok bool, supporters []st
 		slices.SortFunc(times, func(x, y time.Time) int { return y.Compare(x) })
 		until = times[a.quorum-1].Add(a.leaseTimeout)
 	}
-	if g.grantEpoch == g.highest && now.Before(g.grantUntil) {
+	if g.grantEpoch == eff && now.Before(g.grantUntil) {
 		ok = true
 		if g.grantUntil.After(until) {
 			until = g.grantUntil
 		}
+	}
+	if ok && eff > g.highest && g.tentativeUntil.Before(until) {
+		until = g.tentativeUntil
 	}
 	return ok, supporters, until
 }
@@ -60,13 +65,14 @@ func (a *Agent) supportLocked(g *group, now time.Time) (ok bool, supporters []st
 func (a *Agent) reconcileLocked(g *group, why string) {
 	g.mu.Lock()
 	now := a.now()
+	a.expireTentativeLocked(g, now)
 	ok, supporters, _ := a.supportLocked(g, now)
 	a.m.leaseObservers.WithLabelValues(g.name).Set(float64(len(supporters)))
 	if ok {
 		g.leasedPrimary = true
 		if g.pendingFence {
 			g.pendingFence = false
-			a.log.Info("lease quorum back; pending self-fence cancelled", "group", g.name, "epoch", g.highest, "observers", supporters)
+			a.log.Info("lease quorum back; pending self-fence cancelled", "group", g.name, "epoch", a.effectiveLocked(g, now), "observers", supporters)
 		}
 		g.mu.Unlock()
 		return
@@ -79,8 +85,8 @@ func (a *Agent) reconcileLocked(g *group, why string) {
 		g.fenceBackoff = 0
 		g.epDBTried, g.epDBDone = false, false
 		a.m.selfFences.WithLabelValues(g.name).Inc()
-		a.log.Warn("self-fencing: no quorum of current leases naming this host the primary of the highest epoch",
-			"group", g.name, "member", g.member, "epoch", g.highest, "observers", supporters, "quorum", a.quorum,
+		a.log.Warn("self-fencing: no quorum of current leases naming this host the primary of the enforced epoch",
+			"group", g.name, "member", g.member, "epoch", a.effectiveLocked(g, now), "observers", supporters, "quorum", a.quorum,
 			"lease_timeout", a.leaseTimeout, "holding_vip", g.holding, "database_fence", g.dbDesc, "trigger", why)
 	}
 	if !g.pendingFence {
@@ -92,7 +98,7 @@ func (a *Agent) reconcileLocked(g *group, why string) {
 	firstDB := g.dbf != nil && !g.epDBTried
 	g.epDBTried = true
 	runCmd := g.fence != nil && !g.fenceCmdDone && !now.Before(g.fenceRetryAt)
-	epoch := g.highest
+	epoch := a.effectiveLocked(g, now)
 	g.mu.Unlock()
 
 	if holding {

@@ -3,8 +3,10 @@ package nodeagent_test
 import (
 	"context"
 	"crypto/tls"
+	"io"
 	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"slices"
@@ -14,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -239,6 +242,31 @@ func TestTLSAgent(t *testing.T) {
 		wantStatusCode(t, "viprouter Route as obs1 with obs2's certificate", err, codes.PermissionDenied)
 	})
 
+	t.Run("observer certificate not configured on the agent", func(t *testing.T) {
+		// A valid observer certificate of the same CA, in its own name,
+		// but obs9 is not in the agent's observers: every RPC is
+		// refused, Status included.
+		stranger := rawClient(t, ag.addr, pki.ClientCreds(t, tlsconf.KindObserver, "obs9"))
+		for rpc, err := range tryAll(t, stranger, "obs9") {
+			wantStatusCode(t, rpc, err, codes.PermissionDenied, "observer/obs9", "not one of this agent's configured observers")
+		}
+		// With the rogue epoch too.
+		_, err := stranger.Lease(callCtx(t), &vigilv1.LeaseRequest{Group: xGroup, Epoch: 1<<64 - 1, Observer: "obs9", Primary: "db1"})
+		wantStatusCode(t, "Lease of epoch 2^64-1", err, codes.PermissionDenied)
+		// Through the viprouter, in its own name.
+		rogue := viprouter.NewAgents("obs9", addrOf, 2*time.Second,
+			viprouter.WithDialOptions(grpc.WithTransportCredentials(pki.ClientCreds(t, tlsconf.KindObserver, "obs9"))))
+		defer rogue.Close()
+		_, err = rogue.SendLeases(callCtx(t), xGroup, 9, "db1")
+		wantStatusCode(t, "viprouter lease from obs9", err, codes.PermissionDenied)
+		err = rogue.Router().Route(callCtx(t), failover.Action{Group: xGroup, Epoch: 9, Kind: "failover", Old: failover.Member{Name: "db1"}, New: failover.Member{Name: "db1"}})
+		wantStatusCode(t, "viprouter Route from obs9", err, codes.PermissionDenied)
+		res, err := rogue.Fencer().Fence(callCtx(t), failover.Action{Group: xGroup, Epoch: 9, Kind: "failover", Old: failover.Member{Name: "db1"}, New: failover.Member{Name: "db2"}})
+		if err == nil || res.Confirmed || res.Traffic {
+			t.Errorf("viprouter Fence from obs9: %+v %v", res, err)
+		}
+	})
+
 	// Nothing changed: same epoch, VIP held, only obs1's lease.
 	after := agentStatus(t, obs1Raw)
 	if !proto.Equal(before, after) {
@@ -359,5 +387,91 @@ func TestTLSRegisterWithoutCredentials(t *testing.T) {
 	wantStatusCode(t, "Status", err, codes.Unauthenticated)
 	if fake.Holds(xIface, xVIP) {
 		t.Fatal("VIP added by an unidentified caller")
+	}
+}
+
+// TestTLSMetricsEndpoint: with the tls section, metrics_listen serves
+// GET /metrics over mutual TLS to any certificate of the CA (a viewer's,
+// for Prometheus), and to nothing else.
+func TestTLSMetricsEndpoint(t *testing.T) {
+	pki := nodeagenttest.NewPKI(t)
+	reg := prometheus.NewRegistry()
+	a, err := nodeagent.New(tlsAgentConfig(t, pki.Issue(t, tlsconf.KindAgent, "db1host")), nil, reg, nodeagent.WithAddrs(nodeagenttest.New()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mlis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.ServeListeners(ctx, lis, mlis) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("ServeListeners: %v", err)
+		}
+	})
+	url := "https://" + mlis.Addr().String() + "/metrics"
+	get := func(cfg *tls.Config) (*http.Response, error) {
+		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
+		defer c.CloseIdleConnections()
+		return c.Get(url)
+	}
+	resp, err := get(pki.ClientConfig(t, tlsconf.KindViewer, "prometheus"))
+	if err != nil {
+		t.Fatalf("GET /metrics with a viewer certificate: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "vigil_agent_highest_epoch") {
+		t.Fatalf("GET /metrics: %s\n%s", resp.Status, body)
+	}
+	other := nodeagenttest.NewPKI(t).ClientConfig(t, tlsconf.KindViewer, "prometheus")
+	other.VerifyConnection = nil // only the agent's check of the client can fail
+	noCert := pki.ClientConfig(t, tlsconf.KindViewer, "prometheus")
+	noCert.GetClientCertificate = nil
+	for name, cfg := range map[string]*tls.Config{"another CA's certificate": other, "no certificate": noCert} {
+		if resp, err := get(cfg); err == nil {
+			resp.Body.Close()
+			t.Errorf("GET /metrics with %s: %s, want a failed handshake", name, resp.Status)
+		}
+	}
+	if resp, err := http.Get("http://" + mlis.Addr().String() + "/metrics"); err == nil {
+		if resp.StatusCode == http.StatusOK {
+			t.Error("plaintext GET /metrics answered 200 on a TLS agent")
+		}
+		resp.Body.Close()
+	}
+
+	// A failed handshake on the gRPC port is counted.
+	conn, err := tls.Dial("tcp", lis.Addr().String(), withH2(pki.ClientConfig(t, tlsconf.KindOperator, "alice")))
+	if err != nil {
+		t.Fatalf("TLS dial: %v", err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, _ = conn.Read(make([]byte, 1))
+	conn.Close()
+	viewer := pki.ClientConfig(t, tlsconf.KindViewer, "prometheus")
+	const want = `vigil_agent_connections_refused_total{reason="handshake"} 1`
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		resp, err := get(viewer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(body), want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics lacks %q", want)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -2,19 +2,24 @@
 // failover.Router that moves a group's VIP (RemoveVIP on the old primary's
 // agent, AddVIP on the new one's), the failover.Fencer that fences the old
 // primary through its agent, and the periodic leases that let the
-// primary's agent keep the VIP.
+// primary's agent keep the VIP and every agent learn the group's epoch
+// from a quorum of observers.
 //
 // Every call carries the failover's epoch (the agents' fencing token) and
 // is bounded by a timeout. An agent that has seen a newer epoch refuses
-// the call; that refusal is reported as ErrStaleEpoch and is never treated
-// as "unreachable, carry on".
+// AddVIP and Lease; that refusal is reported as ErrStaleEpoch and is never
+// treated as "unreachable, carry on" (RemoveVIP and Fence act at any
+// epoch). Every call an agent answers with an error — a refusal, not an
+// unreachable agent — is counted in vigil_node_agent_refusals_total
+// {group, member, rpc, code} (WithRegisterer) and logged at Warn, at most
+// once per agent, rpc and code every 10s.
 //
 // The lease rule callers must follow (see package nodeagent): each
-// observer calls SendLeases every lease_timeout/3 with the epoch and
-// primary of its replicated state, and stops leasing a member as soon as a
-// failover away from it is committed, so that the old primary's agent
-// drops the VIP within lease_timeout even if some observers can still
-// reach it.
+// observer calls LeaseTo every lease_timeout/3 for every member's agent
+// of the group with the epoch and primary of its replicated state, and
+// stops naming a member as the primary as soon as a failover away from it
+// is committed, so that the old primary's agent drops the VIP within
+// lease_timeout even if some observers can still reach it.
 package viprouter
 
 import (
@@ -25,6 +30,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
@@ -70,6 +76,13 @@ func WithLeaseCallTimeout(d time.Duration) Option { return func(a *Agents) { a.l
 // callTimeout + DefaultFenceExtra).
 func WithFenceCallTimeout(d time.Duration) Option { return func(a *Agents) { a.fenceTimeout = d } }
 
+// WithRegisterer registers the refusal counter,
+// vigil_node_agent_refusals_total{group, member, rpc, code}: every call an
+// agent answered with an error (stale epoch, permission denied, invalid
+// argument, ...), as opposed to an agent that could not be reached. Without
+// it the counter is kept but not exported.
+func WithRegisterer(reg prometheus.Registerer) Option { return func(a *Agents) { a.reg = reg } }
+
 // WithDialOptions adds gRPC dial options. They are applied after the
 // defaults, so transport credentials given here — with the agents' mutual
 // TLS, grpc.WithTransportCredentials(credentials.NewTLS(
@@ -88,6 +101,9 @@ type Agents struct {
 	fenceTimeout time.Duration
 	dialOpts     []grpc.DialOption
 	log          *slog.Logger
+	reg          prometheus.Registerer
+	refusals     *prometheus.CounterVec
+	logLimit     *logLimiter
 
 	mu     sync.Mutex
 	conns  map[string]*grpc.ClientConn
@@ -112,6 +128,14 @@ func NewAgents(self string, addrOf func(group, member string) (string, bool), ca
 	for _, o := range opts {
 		o(a)
 	}
+	a.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "vigil_node_agent_refusals_total",
+		Help: "Calls to a node agent that the agent answered with an error (it refused them: stale epoch, denied, invalid, ...), by group, member, rpc and gRPC code.",
+	}, []string{"group", "member", "rpc", "code"})
+	if a.reg != nil {
+		a.reg.MustRegister(a.refusals)
+	}
+	a.logLimit = newLogLimiter(refusalLogEvery)
 	if a.leaseTimeout <= 0 {
 		a.leaseTimeout = min(callTimeout, DefaultLeaseCallTimeout)
 	}
@@ -172,6 +196,33 @@ func (a *Agents) agentFor(group, member string) (vigilv1.NodeAgentClient, string
 	return c, addr, err
 }
 
+// refusalLogEvery is the rate limit of refusal warnings: at most one line
+// per agent, rpc and code in that time.
+const refusalLogEvery = 10 * time.Second
+
+// refused counts and logs (rate-limited) a call the agent answered with an
+// error; a call that did not reach the agent (unreachable, timed out,
+// cancelled) is not a refusal and is left to the caller.
+func (a *Agents) refused(rpc, group, member, addr string, epoch uint64, err error) {
+	if err == nil || unreachable(err) {
+		return
+	}
+	if _, ok := status.FromError(err); !ok {
+		return // not an answer of the agent's
+	}
+	code := status.Code(err)
+	a.refusals.WithLabelValues(group, member, rpc, code.String()).Inc()
+	ok, suppressed := a.logLimit.allow(addr+"/"+rpc+"/"+code.String(), time.Now())
+	if !ok {
+		return
+	}
+	args := []any{"group", group, "member", member, "agent", addr, "rpc", rpc, "epoch", epoch, "code", code.String(), "err", status.Convert(err).Message()}
+	if suppressed > 0 {
+		args = append(args, "suppressed", fmt.Sprintf("%d similar refusals in the last %s", suppressed, refusalLogEvery))
+	}
+	a.log.Warn("node agent refused a call", args...)
+}
+
 // callError wraps a gRPC error, marking epoch refusals with ErrStaleEpoch.
 func callError(rpc, group, member, addr string, epoch uint64, err error) error {
 	if status.Code(err) == codes.FailedPrecondition {
@@ -210,8 +261,9 @@ type router struct{ a *Agents }
 // Route removes the VIP from the old primary's agent (best effort: an
 // unreachable agent stops holding it on its own within lease_timeout once
 // the observers stop leasing it) and adds it on the new primary's agent,
-// which must succeed. A refusal by either agent for a stale epoch fails
-// the route: a newer failover has superseded this one. Route is
+// which must succeed. The new primary's refusal for a stale epoch fails
+// the route: a newer failover has superseded this one (agents remove a
+// VIP at any epoch, so the old primary's side does not refuse). Route is
 // idempotent: replaying it re-sends the same requests, which change
 // nothing the second time.
 func (r router) Route(ctx context.Context, act failover.Action) error {
@@ -236,6 +288,7 @@ func (r router) Route(ctx context.Context, act failover.Action) error {
 			cctx, cancel := context.WithTimeout(ctx, a.callTimeout)
 			resp, err := c.RemoveVIP(cctx, req)
 			cancel()
+			a.refused("RemoveVIP", act.Group, act.Old.Name, addr, act.Epoch, err)
 			switch {
 			case err == nil:
 				log.Info("VIP removed from the old primary", "agent", addr, "changed", resp.GetChanged())
@@ -263,6 +316,7 @@ func (r router) Route(ctx context.Context, act failover.Action) error {
 	defer cancel()
 	resp, err := c.AddVIP(cctx, req)
 	if err != nil {
+		a.refused("AddVIP", act.Group, act.New.Name, addr, act.Epoch, err)
 		return callError("AddVIP", act.Group, act.New.Name, addr, act.Epoch, err)
 	}
 	log.Info("VIP added on the new primary", "agent", addr, "changed", resp.GetChanged())
@@ -292,6 +346,7 @@ func (f fencer) Fence(ctx context.Context, act failover.Action) (failover.FenceR
 	_, err = c.Status(pctx, &vigilv1.AgentStatusRequest{})
 	pcancel()
 	if err != nil {
+		a.refused("Status", act.Group, act.Old.Name, addr, act.Epoch, err)
 		err = callError("Fence (reachability check)", act.Group, act.Old.Name, addr, act.Epoch, err)
 		return failover.FenceResult{Detail: err.Error()}, err
 	}
@@ -299,6 +354,7 @@ func (f fencer) Fence(ctx context.Context, act failover.Action) (failover.FenceR
 	defer cancel()
 	resp, err := c.Fence(cctx, &vigilv1.AgentFenceRequest{Group: act.Group, Epoch: act.Epoch, Observer: a.self})
 	if err != nil {
+		a.refused("Fence", act.Group, act.Old.Name, addr, act.Epoch, err)
 		err = callError("Fence", act.Group, act.Old.Name, addr, act.Epoch, err)
 		return failover.FenceResult{Detail: err.Error()}, err
 	}
@@ -325,10 +381,20 @@ func (a *Agents) SendLeases(ctx context.Context, group string, epoch uint64, pri
 // holds the VIP, whether it fences the database itself on lease loss,
 // and the lease_timeout it enforces.
 func (a *Agents) Lease(ctx context.Context, group string, epoch uint64, primary string) (*vigilv1.LeaseResponse, error) {
-	if group == "" || primary == "" {
-		return nil, fmt.Errorf("viprouter: lease needs a group and a primary (got %q, %q)", group, primary)
+	return a.LeaseTo(ctx, group, primary, epoch, primary)
+}
+
+// LeaseTo sends this observer's lease "primary is the primary of group at
+// epoch" to member's agent (for a member other than primary it means "do
+// not hold the VIP", and it tells that agent the epoch: agents confirm an
+// epoch only from a quorum of observers' leases). It returns the agent's
+// answer, or the error if the lease was not delivered or was refused
+// (wrapping ErrStaleEpoch when the agent has seen a newer epoch).
+func (a *Agents) LeaseTo(ctx context.Context, group, member string, epoch uint64, primary string) (*vigilv1.LeaseResponse, error) {
+	if group == "" || primary == "" || member == "" {
+		return nil, fmt.Errorf("viprouter: lease needs a group, a member and a primary (got %q, %q, %q)", group, member, primary)
 	}
-	c, addr, err := a.agentFor(group, primary)
+	c, addr, err := a.agentFor(group, member)
 	if err != nil {
 		return nil, err
 	}
@@ -336,7 +402,8 @@ func (a *Agents) Lease(ctx context.Context, group string, epoch uint64, primary 
 	defer cancel()
 	resp, err := c.Lease(cctx, &vigilv1.LeaseRequest{Group: group, Epoch: epoch, Observer: a.self, Primary: primary})
 	if err != nil {
-		return nil, callError("Lease", group, primary, addr, epoch, err)
+		a.refused("Lease", group, member, addr, epoch, err)
+		return nil, callError("Lease", group, member, addr, epoch, err)
 	}
 	return resp, nil
 }
@@ -348,4 +415,53 @@ func (a *Agents) LeaseCallTimeout() time.Duration { return a.leaseTimeout }
 func (a *Agents) AgentAddr(group, member string) (string, bool) {
 	addr, ok := a.addrOf(group, member)
 	return addr, ok && addr != ""
+}
+
+// logLimiter lets one log line per key through every `every`, counting
+// the lines it held back; keys idle for longer than that are forgotten
+// when the map grows.
+type logLimiter struct {
+	every time.Duration
+	mu    sync.Mutex
+	last  map[string]*limitEntry
+}
+
+type limitEntry struct {
+	at         time.Time
+	suppressed int
+}
+
+const maxLimiterKeys = 4096
+
+func newLogLimiter(every time.Duration) *logLimiter {
+	return &logLimiter{every: every, last: map[string]*limitEntry{}}
+}
+
+// allow reports whether a line for key may be logged at now and, if so,
+// how many were held back since the previous one.
+func (l *logLimiter) allow(key string, now time.Time) (bool, int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e := l.last[key]
+	if e != nil && now.Sub(e.at) < l.every {
+		e.suppressed++
+		return false, 0
+	}
+	if e == nil {
+		if len(l.last) >= maxLimiterKeys {
+			for k, v := range l.last {
+				if now.Sub(v.at) >= l.every {
+					delete(l.last, k)
+				}
+			}
+			if len(l.last) >= maxLimiterKeys {
+				return false, 0
+			}
+		}
+		e = &limitEntry{}
+		l.last[key] = e
+	}
+	n := e.suppressed
+	e.at, e.suppressed = now, 0
+	return true, n
 }

@@ -123,19 +123,84 @@ func (Role) EnumDescriptor() ([]byte, []int) {
 	return file_vigil_v1_gossip_proto_rawDescGZIP(), []int{1}
 }
 
-// VoteBatch carries some of one observer's latest votes; it always fits
-// one UDP packet.
+// VotePacket is one gossip vote packet: a VoteBatch, kept as the exact
+// bytes its signature covers, and the signature. It always fits one UDP
+// packet.
+type VotePacket struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A marshalled VoteBatch.
+	Batch []byte `protobuf:"bytes,1,opt,name=batch,proto3" json:"batch,omitempty"`
+	// The named observer's signature of batch, made with the private key of
+	// its TLS certificate (ECDSA: ASN.1 over SHA-256; Ed25519: pure; RSA:
+	// PSS over SHA-256), over the context string
+	// "vigil gossip vote batch v1" and a zero byte followed by batch.
+	// Empty when the cluster runs without TLS: votes are then unauthenticated.
+	Signature     []byte `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VotePacket) Reset() {
+	*x = VotePacket{}
+	mi := &file_vigil_v1_gossip_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VotePacket) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VotePacket) ProtoMessage() {}
+
+func (x *VotePacket) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_v1_gossip_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VotePacket.ProtoReflect.Descriptor instead.
+func (*VotePacket) Descriptor() ([]byte, []int) {
+	return file_vigil_v1_gossip_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *VotePacket) GetBatch() []byte {
+	if x != nil {
+		return x.Batch
+	}
+	return nil
+}
+
+func (x *VotePacket) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+// VoteBatch carries some of one observer's latest votes.
 type VoteBatch struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Observer      string                 `protobuf:"bytes,1,opt,name=observer,proto3" json:"observer,omitempty"`
-	Votes         []*WireVote            `protobuf:"bytes,2,rep,name=votes,proto3" json:"votes,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Observer string                 `protobuf:"bytes,1,opt,name=observer,proto3" json:"observer,omitempty"`
+	Votes    []*WireVote            `protobuf:"bytes,2,rep,name=votes,proto3" json:"votes,omitempty"`
+	// Orders one observer's batches: derived from its wall clock (Unix
+	// nanoseconds) like the votes' sequences and strictly increasing, also
+	// across restarts. A signed batch older than one already accepted from
+	// the same observer is a replay.
+	Sequence      uint64 `protobuf:"varint,3,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VoteBatch) Reset() {
 	*x = VoteBatch{}
-	mi := &file_vigil_v1_gossip_proto_msgTypes[0]
+	mi := &file_vigil_v1_gossip_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -147,7 +212,7 @@ func (x *VoteBatch) String() string {
 func (*VoteBatch) ProtoMessage() {}
 
 func (x *VoteBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_gossip_proto_msgTypes[0]
+	mi := &file_vigil_v1_gossip_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -160,7 +225,7 @@ func (x *VoteBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VoteBatch.ProtoReflect.Descriptor instead.
 func (*VoteBatch) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_gossip_proto_rawDescGZIP(), []int{0}
+	return file_vigil_v1_gossip_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *VoteBatch) GetObserver() string {
@@ -175,6 +240,13 @@ func (x *VoteBatch) GetVotes() []*WireVote {
 		return x.Votes
 	}
 	return nil
+}
+
+func (x *VoteBatch) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
 }
 
 // WireVote is one vote as sent. Its age, not its wall-clock time, travels,
@@ -201,7 +273,7 @@ type WireVote struct {
 
 func (x *WireVote) Reset() {
 	*x = WireVote{}
-	mi := &file_vigil_v1_gossip_proto_msgTypes[1]
+	mi := &file_vigil_v1_gossip_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -213,7 +285,7 @@ func (x *WireVote) String() string {
 func (*WireVote) ProtoMessage() {}
 
 func (x *WireVote) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_gossip_proto_msgTypes[1]
+	mi := &file_vigil_v1_gossip_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -226,7 +298,7 @@ func (x *WireVote) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WireVote.ProtoReflect.Descriptor instead.
 func (*WireVote) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_gossip_proto_rawDescGZIP(), []int{1}
+	return file_vigil_v1_gossip_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *WireVote) GetGroup() string {
@@ -296,10 +368,15 @@ var File_vigil_v1_gossip_proto protoreflect.FileDescriptor
 
 const file_vigil_v1_gossip_proto_rawDesc = "" +
 	"\n" +
-	"\x15vigil/v1/gossip.proto\x12\bvigil.v1\"Q\n" +
+	"\x15vigil/v1/gossip.proto\x12\bvigil.v1\"@\n" +
+	"\n" +
+	"VotePacket\x12\x14\n" +
+	"\x05batch\x18\x01 \x01(\fR\x05batch\x12\x1c\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature\"m\n" +
 	"\tVoteBatch\x12\x1a\n" +
 	"\bobserver\x18\x01 \x01(\tR\bobserver\x12(\n" +
-	"\x05votes\x18\x02 \x03(\v2\x12.vigil.v1.WireVoteR\x05votes\"\x8f\x02\n" +
+	"\x05votes\x18\x02 \x03(\v2\x12.vigil.v1.WireVoteR\x05votes\x12\x1a\n" +
+	"\bsequence\x18\x03 \x01(\x04R\bsequence\"\x8f\x02\n" +
 	"\bWireVote\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x16\n" +
 	"\x06member\x18\x02 \x01(\tR\x06member\x12+\n" +
@@ -333,15 +410,16 @@ func file_vigil_v1_gossip_proto_rawDescGZIP() []byte {
 }
 
 var file_vigil_v1_gossip_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_vigil_v1_gossip_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_vigil_v1_gossip_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_vigil_v1_gossip_proto_goTypes = []any{
-	(Verdict)(0),      // 0: vigil.v1.Verdict
-	(Role)(0),         // 1: vigil.v1.Role
-	(*VoteBatch)(nil), // 2: vigil.v1.VoteBatch
-	(*WireVote)(nil),  // 3: vigil.v1.WireVote
+	(Verdict)(0),       // 0: vigil.v1.Verdict
+	(Role)(0),          // 1: vigil.v1.Role
+	(*VotePacket)(nil), // 2: vigil.v1.VotePacket
+	(*VoteBatch)(nil),  // 3: vigil.v1.VoteBatch
+	(*WireVote)(nil),   // 4: vigil.v1.WireVote
 }
 var file_vigil_v1_gossip_proto_depIdxs = []int32{
-	3, // 0: vigil.v1.VoteBatch.votes:type_name -> vigil.v1.WireVote
+	4, // 0: vigil.v1.VoteBatch.votes:type_name -> vigil.v1.WireVote
 	0, // 1: vigil.v1.WireVote.verdict:type_name -> vigil.v1.Verdict
 	1, // 2: vigil.v1.WireVote.role:type_name -> vigil.v1.Role
 	3, // [3:3] is the sub-list for method output_type
@@ -362,7 +440,7 @@ func file_vigil_v1_gossip_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vigil_v1_gossip_proto_rawDesc), len(file_vigil_v1_gossip_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   2,
+			NumMessages:   3,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
