@@ -26,6 +26,20 @@ type leaseRecord struct {
 	// refused at the TCP level — the host is up and the agent is not
 	// running, so nothing enforces its lease.
 	refusedAfterOK bool
+	// fencedAsPrimary: the last answered lease named this member the
+	// primary and the agent answered that it does not hold the VIP — it
+	// has fenced itself (it lost its lease quorum).
+	fencedAsPrimary bool
+}
+
+// agentSelfFenced reports whether member's agent told this observer, in
+// an answer of the last two seconds to a lease naming it the primary,
+// that it does not hold the VIP: it fenced its host itself. The failover
+// controller then need not wait for its own probe to see the primary down
+// (the primary is already out of service, and the fence step will confirm).
+func (o *Observer) agentSelfFenced(group, member string) bool {
+	r, ok := o.leases.record(group, member)
+	return ok && r.fencedAsPrimary && time.Since(r.lastOK) < 2*time.Second
 }
 
 // leases is the observer's lease bookkeeping: the per-group lock held
@@ -189,6 +203,7 @@ func (o *Observer) leaseMember(ctx context.Context, group, member string, epoch 
 	o.leases.update(group, member, func(r *leaseRecord) {
 		r.lastOK = now
 		r.refusedAfterOK = false
+		r.fencedAsPrimary = primary == member && !resp.GetHolding()
 		r.dbFence = resp.GetDatabaseFence()
 		r.leaseTimeout = time.Duration(resp.GetLeaseTimeoutMs()) * time.Millisecond
 	})

@@ -198,7 +198,7 @@ func New(opts Options) (o *Observer, err error) {
 		Self: cfg.NodeID, Log: o, State: o.fsm, Health: o.monitor,
 		Actuators: func(group string) (failover.GroupActuators, bool) { a, ok := acts[group]; return a, ok },
 		Logger:    logger.With("component", "failover"), Metrics: failover.NewMetrics(reg), Now: now,
-		AfterStep: opts.AfterFailoverStep, Seen: o.seen,
+		AfterStep: opts.AfterFailoverStep, Seen: o.seen, AgentSelfFenced: o.agentSelfFenced,
 	})
 	o.leaderWork = append(o.leaderWork, o.control.Run)
 

@@ -136,6 +136,10 @@ type Options struct {
 	// Seen, when set, adds this observer's own monotonic view to the
 	// cooldown and back-off deadlines written in the state.
 	Seen Seen
+	// AgentSelfFenced, when set, reports that a member's node agent said
+	// it fenced its host itself (lost its lease quorum): a primary that
+	// this observer still reaches but whose agent took it out of service.
+	AgentSelfFenced func(group, member string) bool
 	// RerouteRetry is the pause between attempts of a failing router
 	// (default 500ms); a reroute gives up after the group's StepTimeout.
 	RerouteRetry time.Duration
@@ -320,8 +324,14 @@ func (c *Controller) consider(ctx context.Context, g *vigilv1.Group) {
 }
 
 // selfSeesDown reports whether this observer's own latest vote about the
-// member says down (SDOWN).
+// member says down (SDOWN) — or, for a member this observer still reaches,
+// whether its agent has fenced it (cut off from the other observers, it
+// lost its lease quorum): then it is out of service, and waiting for the
+// leader's own probe would only prolong the outage.
 func (c *Controller) selfSeesDown(group, member string) bool {
+	if c.opt.AgentSelfFenced != nil && c.opt.AgentSelfFenced(group, member) {
+		return true
+	}
 	for _, h := range c.opt.Health.Health(group) {
 		if h.GetMember() == member {
 			return h.GetSdown()

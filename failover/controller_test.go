@@ -469,3 +469,18 @@ func TestNoFailoverWhileLeaderSeesPrimaryUp(t *testing.T) {
 		t.Fatalf("outcome %s", lastFailover(g).GetOutcome())
 	}
 }
+
+// A primary the leader still reaches but whose agent fenced it (cut off
+// from the other observers, it lost its lease quorum) is out of service:
+// the leader need not wait for its own probe.
+func TestFailoverWhenAgentSelfFencedThoughLeaderSeesUp(t *testing.T) {
+	pg := &fakePG{}
+	hs := newHarness(t, pgActs(pg, &countingFencer{res: FenceResult{Confirmed: true}}))
+	hs.h.mu.Lock()
+	hs.h.selfUp = true
+	hs.h.mu.Unlock()
+	hs.c.opt.AgentSelfFenced = func(_, m string) bool { return m == "db1" }
+	if g := hs.run(hs.c, finished(1)); lastFailover(g).GetOutcome() != fsm.OutcomeCompleted {
+		t.Fatalf("outcome %s", lastFailover(g).GetOutcome())
+	}
+}
