@@ -612,20 +612,7 @@ func (c *Controller) do(ctx context.Context, g *vigilv1.Group, acts GroupActuato
 	case fsm.StepRerouted:
 		return c.reroute(ctx, acts, a)
 	case fsm.StepStandbysRepointed:
-		var ok, failed []string
-		for _, m := range g.GetSpec().GetMembers() {
-			if m.GetName() == a.New.Name || m.GetName() == a.Old.Name {
-				continue
-			}
-			rctx, cancel := context.WithTimeout(ctx, acts.StepTimeout)
-			err := acts.Repointer.Repoint(rctx, a, Member{Name: m.GetName(), Address: m.GetAddress()})
-			cancel()
-			if err != nil {
-				failed = append(failed, fmt.Sprintf("%s: %v", m.GetName(), err))
-			} else {
-				ok = append(ok, m.GetName())
-			}
-		}
+		ok, failed := c.repointOthers(ctx, g, acts, a)
 		d := fmt.Sprintf("following %s: [%s]", a.New.Name, strings.Join(ok, ", "))
 		if len(failed) > 0 {
 			d += "; not re-pointed: " + strings.Join(failed, "; ")
@@ -633,6 +620,25 @@ func (c *Controller) do(ctx context.Context, g *vigilv1.Group, acts GroupActuato
 		return d, "", nil
 	}
 	return "", "", fmt.Errorf("unknown step %q", step)
+}
+
+// repointOthers makes every member but the old and the new primary follow
+// a.New, and returns who does and why the others do not.
+func (c *Controller) repointOthers(ctx context.Context, g *vigilv1.Group, acts GroupActuators, a Action) (ok, failed []string) {
+	for _, m := range g.GetSpec().GetMembers() {
+		if m.GetName() == a.New.Name || m.GetName() == a.Old.Name {
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, acts.StepTimeout)
+		err := acts.Repointer.Repoint(rctx, a, Member{Name: m.GetName(), Address: m.GetAddress()})
+		cancel()
+		if err != nil {
+			failed = append(failed, fmt.Sprintf("%s: %v", m.GetName(), err))
+			continue
+		}
+		ok = append(ok, m.GetName())
+	}
+	return ok, failed
 }
 
 func (c *Controller) finish(ctx context.Context, a Action, f *vigilv1.Failover, outcome, detail string) error {

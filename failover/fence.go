@@ -150,20 +150,9 @@ func (c *Controller) cascade(ctx context.Context, g *vigilv1.Group, acts GroupAc
 	if acts.Repointer == nil || g == nil {
 		return ""
 	}
-	var ok, failed []string
-	for _, m := range g.GetSpec().GetMembers() {
-		if m.GetName() == a.New.Name || m.GetName() == a.Old.Name {
-			continue
-		}
-		rctx, cancel := context.WithTimeout(ctx, acts.StepTimeout)
-		err := acts.Repointer.Repoint(rctx, a, Member{Name: m.GetName(), Address: m.GetAddress()})
-		cancel()
-		if err != nil {
-			failed = append(failed, fmt.Sprintf("%s: %v", m.GetName(), err))
-			c.log.Warn("switchover: could not make a standby cascade from the target before the catch-up", "group", a.Group, "standby", m.GetName(), "err", err)
-			continue
-		}
-		ok = append(ok, m.GetName())
+	ok, failed := c.repointOthers(ctx, g, acts, a)
+	if len(failed) > 0 {
+		c.log.Warn("switchover: some standbys could not cascade from the target before the catch-up", "group", a.Group, "failed", failed)
 	}
 	if len(ok) == 0 && len(failed) == 0 {
 		return ""

@@ -25,6 +25,7 @@ import (
 	"github.com/vigilha/vigil/cluster/tlsconf"
 	"github.com/vigilha/vigil/failover"
 	"github.com/vigilha/vigil/failover/hook"
+	"github.com/vigilha/vigil/failover/ratelog"
 	vigilv1 "github.com/vigilha/vigil/proto/vigil/v1"
 )
 
@@ -85,7 +86,7 @@ type Agent struct {
 	handshake, idle time.Duration
 	// logLimit rate-limits repetitive warnings (refused requests and
 	// connections): see warnLimited.
-	logLimit *logLimiter
+	logLimit *ratelog.Limiter
 
 	ctx    context.Context // cancelled by Close; bounds fence commands
 	cancel context.CancelFunc
@@ -258,7 +259,7 @@ func New(cfg *Config, logger *slog.Logger, reg prometheus.Registerer, opts ...Op
 		gatherer:     o.gatherer,
 		handshake:    o.handshake,
 		idle:         o.idle,
-		logLimit:     newLogLimiter(logEvery),
+		logLimit:     ratelog.New(logEvery, 1024),
 		ctx:          ctx,
 		cancel:       cancel,
 	}

@@ -157,7 +157,7 @@ func (a *Agent) observerKey(observer string) string {
 // warnLimited logs msg at Warn at most once per logEvery per key, saying
 // how many lines were left out since the last one.
 func (a *Agent) warnLimited(key, msg string, args ...any) {
-	ok, suppressed := a.logLimit.allow(key, time.Now())
+	ok, suppressed := a.logLimit.Allow(key, time.Now())
 	if !ok {
 		return
 	}

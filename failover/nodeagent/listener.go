@@ -33,55 +33,6 @@ const (
 	logEvery = 10 * time.Second
 )
 
-// logLimiter lets one log line per key through every `every`, counting
-// the lines it held back. Bounded: keys idle for longer than `every` are
-// forgotten when the map grows.
-type logLimiter struct {
-	every time.Duration
-	mu    sync.Mutex
-	last  map[string]*limitEntry
-}
-
-type limitEntry struct {
-	at         time.Time
-	suppressed int
-}
-
-const maxLimiterKeys = 1024
-
-func newLogLimiter(every time.Duration) *logLimiter {
-	return &logLimiter{every: every, last: map[string]*limitEntry{}}
-}
-
-// allow reports whether a line for key may be logged at now and, if so,
-// how many were held back since the previous one.
-func (l *logLimiter) allow(key string, now time.Time) (bool, int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	e := l.last[key]
-	if e != nil && now.Sub(e.at) < l.every {
-		e.suppressed++
-		return false, 0
-	}
-	if e == nil {
-		if len(l.last) >= maxLimiterKeys {
-			for k, v := range l.last {
-				if now.Sub(v.at) >= l.every {
-					delete(l.last, k)
-				}
-			}
-			if len(l.last) >= maxLimiterKeys {
-				return false, 0 // every key busy: drop the line
-			}
-		}
-		e = &limitEntry{}
-		l.last[key] = e
-	}
-	n := e.suppressed
-	e.at, e.suppressed = now, 0
-	return true, n
-}
-
 // limitListener caps the number of connections open at once: a
 // connection accepted beyond the cap is closed at once (and reported),
 // so idle or slow connections cannot exhaust the process's descriptors

@@ -38,6 +38,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/vigilha/vigil/failover"
+	"github.com/vigilha/vigil/failover/ratelog"
 	vigilv1 "github.com/vigilha/vigil/proto/vigil/v1"
 )
 
@@ -103,7 +104,7 @@ type Agents struct {
 	log          *slog.Logger
 	reg          prometheus.Registerer
 	refusals     *prometheus.CounterVec
-	logLimit     *logLimiter
+	logLimit     *ratelog.Limiter
 
 	mu     sync.Mutex
 	conns  map[string]*grpc.ClientConn
@@ -135,7 +136,7 @@ func NewAgents(self string, addrOf func(group, member string) (string, bool), ca
 	if a.reg != nil {
 		a.reg.MustRegister(a.refusals)
 	}
-	a.logLimit = newLogLimiter(refusalLogEvery)
+	a.logLimit = ratelog.New(refusalLogEvery, 4096)
 	if a.leaseTimeout <= 0 {
 		a.leaseTimeout = min(callTimeout, DefaultLeaseCallTimeout)
 	}
@@ -212,7 +213,7 @@ func (a *Agents) refused(rpc, group, member, addr string, epoch uint64, err erro
 	}
 	code := status.Code(err)
 	a.refusals.WithLabelValues(group, member, rpc, code.String()).Inc()
-	ok, suppressed := a.logLimit.allow(addr+"/"+rpc+"/"+code.String(), time.Now())
+	ok, suppressed := a.logLimit.Allow(addr+"/"+rpc+"/"+code.String(), time.Now())
 	if !ok {
 		return
 	}
@@ -415,53 +416,4 @@ func (a *Agents) LeaseCallTimeout() time.Duration { return a.leaseTimeout }
 func (a *Agents) AgentAddr(group, member string) (string, bool) {
 	addr, ok := a.addrOf(group, member)
 	return addr, ok && addr != ""
-}
-
-// logLimiter lets one log line per key through every `every`, counting
-// the lines it held back; keys idle for longer than that are forgotten
-// when the map grows.
-type logLimiter struct {
-	every time.Duration
-	mu    sync.Mutex
-	last  map[string]*limitEntry
-}
-
-type limitEntry struct {
-	at         time.Time
-	suppressed int
-}
-
-const maxLimiterKeys = 4096
-
-func newLogLimiter(every time.Duration) *logLimiter {
-	return &logLimiter{every: every, last: map[string]*limitEntry{}}
-}
-
-// allow reports whether a line for key may be logged at now and, if so,
-// how many were held back since the previous one.
-func (l *logLimiter) allow(key string, now time.Time) (bool, int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	e := l.last[key]
-	if e != nil && now.Sub(e.at) < l.every {
-		e.suppressed++
-		return false, 0
-	}
-	if e == nil {
-		if len(l.last) >= maxLimiterKeys {
-			for k, v := range l.last {
-				if now.Sub(v.at) >= l.every {
-					delete(l.last, k)
-				}
-			}
-			if len(l.last) >= maxLimiterKeys {
-				return false, 0
-			}
-		}
-		e = &limitEntry{}
-		l.last[key] = e
-	}
-	n := e.suppressed
-	e.at, e.suppressed = now, 0
-	return true, n
 }
