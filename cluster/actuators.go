@@ -80,7 +80,7 @@ func buildActuators(o *Observer, cfg *config.Config, log *slog.Logger, store *tl
 		if f.VIP {
 			acts.Routers = append(acts.Routers, agents.Router())
 			acts.Fencers = append(acts.Fencers, leaseExpiry{o: o, group: g.Name, leaseTimeout: f.LeaseTimeout.D(),
-				window: g.DownAfter.D() + 2*g.Probe.Interval.D() + f.LeaseTimeout.D() + time.Second})
+				window: g.DownAfter.D() + 2*g.Probe.Interval.D() + f.LeaseTimeout.D() + 3*time.Second})
 			acts.VIPEnsure = agents.Router()
 		}
 		if hp := f.HAProxy; hp != nil {

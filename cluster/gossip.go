@@ -41,10 +41,40 @@ type Gossip struct {
 	mu      sync.RWMutex
 	handler MessageHandler
 	onLeave func(name string)
+	// members is our own copy of the membership, kept by the event
+	// callbacks (memberlist calls them under its node lock). Reading the
+	// *Node values Members() returns races with memberlist updating them
+	// (hashicorp/memberlist#306), so nothing else reads those.
+	members map[string]memberCopy
 
 	received, dropped, sendErrors prometheus.Counter
 	packetErrors                  *prometheus.CounterVec
 	mlog                          *memberlistLog
+}
+
+type memberCopy struct {
+	addr  net.IP
+	port  uint16
+	state string
+}
+
+func (g *Gossip) setMember(n *memberlist.Node, state string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.members == nil {
+		g.members = map[string]memberCopy{}
+	}
+	g.members[n.Name] = memberCopy{addr: append(net.IP(nil), n.Addr...), port: n.Port, state: state}
+}
+
+func (g *Gossip) memberCopies() map[string]memberCopy {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	out := make(map[string]memberCopy, len(g.members))
+	for k, v := range g.members {
+		out[k] = v
+	}
+	return out
 }
 
 // gossipDelegate connects memberlist callbacks to Gossip.
@@ -193,9 +223,9 @@ func (g *Gossip) joinLoop() {
 
 func (g *Gossip) missingPeers() []string {
 	alive := map[string]bool{}
-	for _, m := range g.ml.Members() {
-		if m.State == memberlist.StateAlive {
-			alive[m.Address()] = true
+	for _, m := range g.memberCopies() {
+		if m.state == "alive" {
+			alive[net.JoinHostPort(m.addr.String(), strconv.Itoa(int(m.port)))] = true
 		}
 	}
 	var missing []string
@@ -227,13 +257,13 @@ func (g *Gossip) SetLeaveHandler(f func(name string)) {
 // the next refresh, so no retransmission is needed.
 func (g *Gossip) SendToPeers(msg []byte) {
 	self := g.ml.LocalNode().Name
-	for _, n := range g.ml.Members() {
-		if n.Name == self {
+	for name, m := range g.memberCopies() {
+		if name == self || m.state != "alive" {
 			continue
 		}
-		if err := g.ml.SendBestEffort(n, msg); err != nil {
+		if err := g.ml.SendBestEffort(&memberlist.Node{Name: name, Addr: m.addr, Port: m.port}, msg); err != nil {
 			g.sendErrors.Inc()
-			g.log.Debug("gossip send", "to", n.Name, "err", err)
+			g.log.Debug("gossip send", "to", name, "err", err)
 		}
 	}
 }
@@ -247,8 +277,8 @@ func (g *Gossip) Broadcast(msg []byte) {
 // AliveMembers counts observers gossip sees alive, this one included.
 func (g *Gossip) AliveMembers() int {
 	n := 0
-	for _, m := range g.ml.Members() {
-		if m.State == memberlist.StateAlive {
+	for _, m := range g.memberCopies() {
+		if m.state == "alive" {
 			n++
 		}
 	}
@@ -258,8 +288,8 @@ func (g *Gossip) AliveMembers() int {
 // MemberStates maps observer id to its gossip state (alive, suspect, dead, left).
 func (g *Gossip) MemberStates() map[string]string {
 	out := map[string]string{}
-	for _, m := range g.ml.Members() {
-		out[m.Name] = memberStateName(m.State)
+	for name, m := range g.memberCopies() {
+		out[name] = m.state
 	}
 	return out
 }
@@ -293,10 +323,12 @@ func (g *Gossip) shutdown(timeout time.Duration) error {
 type gossipEvents struct{ g *Gossip }
 
 func (e gossipEvents) NotifyJoin(n *memberlist.Node) {
+	e.g.setMember(n, "alive")
 	e.g.log.Info("gossip: observer joined", "peer", n.Name)
 }
-func (e gossipEvents) NotifyUpdate(n *memberlist.Node) {}
+func (e gossipEvents) NotifyUpdate(n *memberlist.Node) { e.g.setMember(n, memberStateName(n.State)) }
 func (e gossipEvents) NotifyLeave(n *memberlist.Node) {
+	e.g.setMember(n, memberStateName(n.State))
 	e.g.log.Info("gossip: observer left or failed", "peer", n.Name)
 	e.g.mu.RLock()
 	f := e.g.onLeave

@@ -125,15 +125,26 @@ func (o *Observer) leaseLoop(ctx context.Context) {
 	defer rounds.Wait()
 	t := time.NewTicker(period)
 	defer t.Stop()
+	// leaderGrace: two election timeouts, the time a new leader takes.
+	leaderGrace := 2 * o.cfg.Raft.ElectionTimeout.D()
+	lastLeader := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		if leader, _ := o.Leader(); leader == "" {
-			// Without a leader this observer's state may be stale (it may
-			// be on the minority side): lease nothing.
+		if leader, _ := o.Leader(); leader != "" {
+			lastLeader = time.Now()
+		} else if time.Since(lastLeader) > leaderGrace {
+			// Without a leader for longer than an election takes, this
+			// observer is on a minority side (its state may be stale):
+			// lease nothing. Within the grace it goes on: an election
+			// (a crashed leader, a blip) must not make every observer
+			// stop at once, or a healthy primary fences itself. That is
+			// safe: no failover can commit without a leader, one
+			// observer is never a lease quorum, and the lease-expiry
+			// fence counts only observers that applied the intent.
 			continue
 		}
 		for _, cg := range o.cfg.Groups {

@@ -28,7 +28,7 @@ import (
 //     the old primary is ODOWN (a quorum of observers sees it down);
 //   - the agent was seen alive and enforcing leases up to the cut: it
 //     answered this observer's lease no longer than the detection window
-//     (down_after + 2 probe intervals + lease_timeout + 1s) before this
+//     (down_after + 2 probe intervals + lease_timeout + 3s, slack for a loaded machine) before this
 //     observer applied the failover's intent;
 //   - enough observers have stopped leasing it that fewer than a quorum
 //     can still be: this observer, and N−quorum others that answered

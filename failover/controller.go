@@ -340,6 +340,24 @@ func (c *Controller) selfSeesDown(group, member string) bool {
 	return false
 }
 
+// selfFencedButUp: the state's primary, with no failover in progress, is
+// seen up as a primary by a quorum but its agent fenced it itself (it
+// lost its lease quorum in a blip: a leader election, a short cut). Its
+// agent's database fence made it read-only, so it is not "writable" and
+// would never be given its VIP back; AddVIP at the current epoch is what
+// lifts an agent's fence.
+func (c *Controller) selfFencedButUp(group, member string) bool {
+	if c.opt.AgentSelfFenced == nil || !c.opt.AgentSelfFenced(group, member) {
+		return false
+	}
+	for _, h := range c.opt.Health.Health(group) {
+		if h.GetMember() == member {
+			return h.GetQuorum() > 0 && h.GetUpVotes() >= h.GetQuorum() && h.GetRoleSeen() == "primary"
+		}
+	}
+	return false
+}
+
 // ensureVIP makes sure, at most every two seconds per group, that the
 // live primary holds the group's VIP in the current epoch: on first start
 // nothing has placed it yet, and a restarted agent starts without it.
@@ -349,9 +367,9 @@ func (c *Controller) ensureVIP(ctx context.Context, g *vigilv1.Group) {
 	if !ok || acts.VIPEnsure == nil {
 		return
 	}
-	if !c.opt.Health.RoutablePrimary(name, g.GetPrimary()) {
+	if !c.opt.Health.RoutablePrimary(name, g.GetPrimary()) && !c.selfFencedButUp(name, g.GetPrimary()) {
 		// Never place the VIP on a member a quorum does not see as a
-		// writable primary (down, fenced, or not yet judged).
+		// writable primary (down, fenced by a failover, or not yet judged).
 		return
 	}
 	if !c.due(c.ensured, name, 2*time.Second) {

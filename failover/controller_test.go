@@ -43,17 +43,22 @@ func (l *memLog) VerifyLeader(context.Context) error { return nil }
 
 // fakeHealth: the primary is ODOWN, every standby up and streaming.
 type fakeHealth struct {
-	mu       sync.Mutex
-	selfUp   bool // this observer's own vote sees the primary up
-	odown    map[string]bool
-	routable map[string]bool
-	rogues   []string
+	mu        sync.Mutex
+	selfUp    bool // this observer's own vote sees the primary up
+	primaryUp bool // a quorum sees the primary up (read-only)
+	odown     map[string]bool
+	routable  map[string]bool
+	rogues    []string
 }
 
 func (h *fakeHealth) Health(string) []*vigilv1.MemberHealth {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	primary := mh("db1", votes("down", "unknown", 0, 0, 3))
+	if h.primaryUp {
+		primary = mh("db1", votes("up", "primary", 100, 0, 3))
+		primary.UpVotes, primary.RoleSeen = 3, "primary"
+	}
 	primary.Sdown = !h.selfUp
 	return []*vigilv1.MemberHealth{
 		primary,
@@ -482,5 +487,43 @@ func TestFailoverWhenAgentSelfFencedThoughLeaderSeesUp(t *testing.T) {
 	hs.c.opt.AgentSelfFenced = func(_, m string) bool { return m == "db1" }
 	if g := hs.run(hs.c, finished(1)); lastFailover(g).GetOutcome() != fsm.OutcomeCompleted {
 		t.Fatalf("outcome %s", lastFailover(g).GetOutcome())
+	}
+}
+
+// A primary whose agent fenced itself in a blip (leader election) is given
+// its VIP back once a quorum sees it up again, although its database
+// fence made it read-only (not "writable").
+func TestSelfFencedPrimaryGetsItsVIPBack(t *testing.T) {
+	var ensured atomic.Int32
+	acts := pgActs(&fakePG{}, &countingFencer{res: FenceResult{Confirmed: true}})
+	acts.VIPEnsure = routerFn(func(_ context.Context, a Action) error {
+		if a.New.Name == "db1" && a.Kind == "ensure" {
+			ensured.Add(1)
+		}
+		return nil
+	})
+	hs := newHarness(t, acts)
+	hs.h.mu.Lock()
+	hs.h.odown = map[string]bool{}
+	hs.h.selfUp = true
+	hs.h.mu.Unlock()
+	hs.h.primaryUp = true
+	var fenced atomic.Bool
+	hs.c.opt.AgentSelfFenced = func(_, m string) bool { return m == "db1" && fenced.Load() }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { hs.c.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	time.Sleep(300 * time.Millisecond) // several ticks: nothing may be placed yet
+	if n := ensured.Load(); n != 0 {
+		t.Fatalf("VIP placed %d times on a primary that is neither routable nor self-fenced", n)
+	}
+	fenced.Store(true)
+	deadline := time.Now().Add(5 * time.Second)
+	for ensured.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the self-fenced primary never got its VIP back")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -52,6 +52,9 @@ var (
 	ErrClosed = errors.New("viprouter: closed")
 )
 
+// removeOldTimeout bounds Route's RemoveVIP on the old primary's agent.
+const removeOldTimeout = 300 * time.Millisecond
+
 // Defaults.
 const (
 	// DefaultLeaseCallTimeout caps one Lease call: leases are sent every
@@ -286,7 +289,10 @@ func (r router) Route(ctx context.Context, act failover.Action) error {
 		case err != nil:
 			return err
 		default:
-			cctx, cancel := context.WithTimeout(ctx, a.callTimeout)
+			// Short: a reachable agent answers in milliseconds, and the
+			// fence step has already verified the VIP off the old host; an
+			// unreachable one must not hold up the new primary's VIP.
+			cctx, cancel := context.WithTimeout(ctx, min(a.callTimeout, removeOldTimeout))
 			resp, err := c.RemoveVIP(cctx, req)
 			cancel()
 			a.refused("RemoveVIP", act.Group, act.Old.Name, addr, act.Epoch, err)
