@@ -205,9 +205,19 @@ func TestGossipDropsMalformedVotePackets(t *testing.T) {
 
 func findMetric(t testing.TB, o *cluster.Observer, name string, labels map[string]string) *dto.Metric {
 	t.Helper()
-	mfs, err := o.Registry().Gather()
+	m, err := lookupMetric(o, name, labels)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return m
+}
+
+// lookupMetric finds the series of name with (at least) labels in o's
+// registry; nil when there is none. Safe to call off the test goroutine.
+func lookupMetric(o *cluster.Observer, name string, labels map[string]string) (*dto.Metric, error) {
+	mfs, err := o.Registry().Gather()
+	if err != nil {
+		return nil, err
 	}
 	for _, mf := range mfs {
 		if mf.GetName() != name {
@@ -224,10 +234,10 @@ func findMetric(t testing.TB, o *cluster.Observer, name string, labels map[strin
 					continue next
 				}
 			}
-			return m
+			return m, nil
 		}
 	}
-	return nil
+	return nil, nil
 }
 
 func gaugeValue(t testing.TB, o *cluster.Observer, name string, labels map[string]string) float64 {

@@ -40,29 +40,11 @@ func safetyRoleCode(client *http.Client, addr, path string) (int, error) {
 
 // safetyGauge reads a gauge from an observer's registry without t.
 func safetyGauge(o *cluster.Observer, name string, labels map[string]string) (float64, bool) {
-	mfs, err := o.Registry().Gather()
-	if err != nil {
+	m, err := lookupMetric(o, name, labels)
+	if err != nil || m == nil {
 		return 0, false
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			have := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				have[lp.GetName()] = lp.GetValue()
-			}
-			for k, v := range labels {
-				if have[k] != v {
-					continue next
-				}
-			}
-			return m.GetGauge().GetValue(), true
-		}
-	}
-	return 0, false
+	return m.GetGauge().GetValue(), true
 }
 
 // safetyAllUp waits until every running observer sees every member up on
