@@ -850,3 +850,95 @@ func TestFenceLabPartitionStrandedWriter(t *testing.T) {
 		})
 	}
 }
+
+// TestFenceLabSwitchoverVIPAndDirectWriters: a planned switchover in the
+// namespace lab with one writer through the VIP and one writer on the
+// client host connected straight to the old primary's own address: no
+// acknowledged write of either is missing on the new primary, and the
+// direct writer gets nothing acknowledged after the fence step.
+func TestFenceLabSwitchoverVIPAndDirectWriters(t *testing.T) {
+	t.Parallel()
+	lc := &logCapture{}
+	v := startVIPLab(t, false, fenceLabOptions(lc))
+	direct := startStrandedWriter(t, v, "client", v.pg.Nodes[0])
+	execSQL(t, v.pg.Primary(), "CREATE TABLE acked (id bigint PRIMARY KEY)")
+	vw := &ackWriter{pg: v.pg, first: map[string]time.Time{}, dial: func(ctx context.Context) (*pgx.Conn, error) {
+		var conn *pgx.Conn
+		err := v.lab.InNS("client", func() (err error) {
+			conn, err = pgx.Connect(ctx, fmt.Sprintf("host=%s port=5432 user=postgres dbname=postgres sslmode=disable", v.vip))
+			return err
+		})
+		return conn, err
+	}}
+	vctx, vcancel := context.WithCancel(context.Background())
+	var vwg sync.WaitGroup
+	vwg.Add(1)
+	go func() { defer vwg.Done(); vw.run(vctx) }()
+	stopVW := sync.OnceFunc(func() { vcancel(); vwg.Wait() })
+	t.Cleanup(stopVW)
+	clustertest.WaitFor(t, waitLong, "both writers writing", func() (bool, string) {
+		vw.mu.Lock()
+		nv := len(vw.acked)
+		vw.mu.Unlock()
+		n := len(direct.snapshot())
+		return n >= 50 && nv >= 50, fmt.Sprintf("direct %d acks (last error %s), through the VIP %d", n, direct.lastError(), nv)
+	})
+
+	leader := v.c.WaitForLeader(waitLong)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	f, err := v.c.Nodes[leader].Obs.Controller().Request(ctx, "pg-main", fsm.KindSwitchover, "pg1")
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.GetOutcome() == "" {
+		f = waitFailovers(t, v.c, 1, fsm.OutcomeCompleted) // a leader change mid-way: the next one finishes it
+	}
+	if f.GetOutcome() != fsm.OutcomeCompleted || f.GetNewPrimary() != "pg1" {
+		t.Fatalf("switchover: %v", f)
+	}
+	var fencedAt time.Time
+	for _, st := range f.GetSteps() {
+		if st.GetName() == fsm.StepFenced {
+			fencedAt = st.GetAt().AsTime()
+		}
+	}
+	// Writes through the VIP reach the new primary; then stop both.
+	vw.mu.Lock()
+	n0 := len(vw.acked)
+	vw.mu.Unlock()
+	clustertest.WaitFor(t, waitLong, "writes through the VIP on the new primary", func() (bool, string) {
+		vw.mu.Lock()
+		defer vw.mu.Unlock()
+		return len(vw.acked) > n0+20, fmt.Sprint(len(vw.acked) - n0)
+	})
+	stopVW()
+	direct.stop()
+
+	newP := node(v.pg, "pg1")
+	acks := direct.snapshot()
+	ids := make([]int64, 0, len(acks))
+	for _, a := range acks {
+		ids = append(ids, a.id)
+		if a.at.After(fencedAt) {
+			t.Errorf("direct write %d acknowledged at %s, after the fenced step (%s)", a.id, a.at.Format("15:04:05.000"), fencedAt.Format("15:04:05.000"))
+		}
+	}
+	if have := query(t, newP, "SELECT count(*) FROM stranded WHERE id = ANY($1)", ids); have != fmt.Sprint(len(ids)) {
+		t.Fatalf("direct writer: %d acknowledged, %s on the new primary", len(ids), have)
+	}
+	vw.mu.Lock()
+	vids := slices.Clone(vw.acked)
+	vw.mu.Unlock()
+	if have := query(t, newP, "SELECT count(*) FROM acked WHERE id = ANY($1)", vids); have != fmt.Sprint(len(vids)) {
+		t.Fatalf("VIP writer: %d acknowledged, %s on the new primary", len(vids), have)
+	}
+	assertOneWritable(t, v.pg, "pg1")
+	t.Logf("switchover in the VIP lab: direct writer %d acked (last %s before fenced), VIP writer %d acked, none lost; steps: %v",
+		len(ids), func() time.Duration {
+			if len(acks) == 0 {
+				return 0
+			}
+			return fencedAt.Sub(acks[len(acks)-1].at)
+		}(), len(vids), f.GetSteps())
+}
