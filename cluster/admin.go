@@ -158,7 +158,7 @@ func (s *adminServer) GetGroup(ctx context.Context, req *vigilv1.GetGroupRequest
 		return nil, status.Errorf(codes.NotFound, "group %q not found", req.GetName())
 	}
 	resp := &vigilv1.GetGroupResponse{Group: g, AppliedIndex: s.o.fsm.AppliedIndex(), Health: s.o.monitor.Health(req.GetName()),
-		AnsweredBy: s.o.cfg.NodeID, ControllerStatus: s.o.control.Status(req.GetName())}
+		AnsweredBy: s.o.cfg.NodeID, ControllerStatus: s.o.control.Status(req.GetName()), Agents: s.o.agentViews(req.GetName())}
 	if cands, err := s.o.control.Candidates(req.GetName()); err == nil {
 		for _, c := range cands {
 			resp.Candidates = append(resp.Candidates, &vigilv1.CandidateStatus{Member: c.Name, Eligible: c.Eligible, Reason: c.Reason,

@@ -8,7 +8,9 @@ import (
 	"time"
 
 	"github.com/vigilha/vigil/cluster/config"
+	"github.com/vigilha/vigil/failover/viprouter"
 	"github.com/vigilha/vigil/fsm"
+	vigilv1 "github.com/vigilha/vigil/proto/vigil/v1"
 )
 
 // leaseRecord is what this observer learnt from leasing one member's
@@ -26,10 +28,43 @@ type leaseRecord struct {
 	// refused at the TCP level — the host is up and the agent is not
 	// running, so nothing enforces its lease.
 	refusedAfterOK bool
+	// refused: the last failed lease was answered with an error (the
+	// agent refused it), not lost.
+	refused bool
 	// fencedAsPrimary: the last answered lease named this member the
 	// primary and the agent answered that it does not hold the VIP — it
 	// has fenced itself (it lost its lease quorum).
 	fencedAsPrimary bool
+}
+
+// agentViews is what this observer's leases learnt about the agents of
+// group's members, for `vigilctl group`.
+func (o *Observer) agentViews(group string) []*vigilv1.AgentView {
+	cg, ok := o.cfg.Group(group)
+	if !ok || !cg.Failover.VIP {
+		return nil
+	}
+	age := func(t time.Time) int64 {
+		if t.IsZero() {
+			return -1
+		}
+		return time.Since(t).Milliseconds()
+	}
+	var out []*vigilv1.AgentView
+	for _, m := range cg.Members {
+		addr, ok := o.agents.AgentAddr(group, m.Name)
+		if !ok {
+			continue
+		}
+		r, _ := o.leases.record(group, m.Name)
+		v := &vigilv1.AgentView{Member: m.Name, Address: addr, LastAnswerAgeMs: age(r.lastOK), LastErrorAgeMs: -1,
+			SelfFenced: r.fencedAsPrimary, DatabaseFence: r.dbFence}
+		if r.lastErrAt.After(r.lastOK) {
+			v.LastError, v.LastErrorAgeMs, v.Refused = r.lastErr, age(r.lastErrAt), r.refused
+		}
+		out = append(out, v)
+	}
+	return out
 }
 
 // agentSelfFenced reports whether member's agent told this observer, in
@@ -204,9 +239,11 @@ func (o *Observer) leaseMember(ctx context.Context, group, member string, epoch 
 	now := time.Now()
 	if err != nil {
 		refused := strings.Contains(err.Error(), "connection refused")
+		answered := viprouter.Answered(err)
 		o.leases.update(group, member, func(r *leaseRecord) {
 			r.lastErr, r.lastErrAt = err.Error(), now
 			r.refusedAfterOK = r.refusedAfterOK || refused
+			r.refused = answered
 		})
 		o.log.Debug("lease not delivered", "group", group, "member", member, "primary", primary, "epoch", epoch, "err", err)
 		return

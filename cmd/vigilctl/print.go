@@ -220,6 +220,9 @@ func printGroup(w io.Writer, r *vigilv1.GetGroupResponse, now time.Time) error {
 	if err := printFailoverState(w, r, now); err != nil {
 		return err
 	}
+	if err := printAgents(w, r.GetAgents(), r.GetAnsweredBy()); err != nil {
+		return err
+	}
 
 	if len(g.GetHistory()) == 0 {
 		_, err := io.WriteString(w, "\nhistory: none\n")
@@ -233,6 +236,46 @@ func printGroup(w io.Writer, r *vigilv1.GetGroupResponse, now time.Time) error {
 		h.row(timestamp(e.GetAt()), u64(e.GetIndex()), u64(e.GetEpoch()), e.GetKind(), e.GetActor(), e.GetDetail())
 	}
 	return h.flush()
+}
+
+// printAgents shows the members' node agents as the answering observer's
+// leases see them: when each last answered, and the last lease it refused
+// or that did not get through. Nothing for groups without a VIP.
+func printAgents(w io.Writer, agents []*vigilv1.AgentView, observer string) error {
+	if len(agents) == 0 {
+		return nil
+	}
+	if _, err := fmt.Fprintf(w, "\nnode agents (leases from %s)\n", cell(observer)); err != nil {
+		return err
+	}
+	t := newTable(w, "MEMBER", "AGENT", "LAST ANSWER", "STATE", "LAST FAILURE")
+	for _, a := range agents {
+		last := "never"
+		if a.GetLastAnswerAgeMs() >= 0 {
+			last = millis(a.GetLastAnswerAgeMs()) + " ago"
+		}
+		var state []string
+		if a.GetSelfFenced() {
+			state = append(state, "SELF-FENCED")
+		}
+		if a.GetDatabaseFence() {
+			state = append(state, "db fence")
+		}
+		fail := "-"
+		if a.GetLastErrorAgeMs() >= 0 {
+			kind := "not delivered"
+			if a.GetRefused() {
+				kind = "REFUSED"
+			}
+			fail = fmt.Sprintf("%s %s ago: %s", kind, millis(a.GetLastErrorAgeMs()), a.GetLastError())
+		}
+		st := "-"
+		if len(state) > 0 {
+			st = strings.Join(state, ", ")
+		}
+		t.row(a.GetMember(), a.GetAddress(), last, st, fail)
+	}
+	return t.flush()
 }
 
 // routingNote is what the members table says about routing to a member,

@@ -376,3 +376,31 @@ func TestRoutingNote(t *testing.T) {
 		t.Errorf("plain standby: %q", got)
 	}
 }
+
+// The node agents section shows what the answering observer's leases
+// learnt: a self-fenced primary and a refused lease are called out.
+func TestPrintGroupAgents(t *testing.T) {
+	var b bytes.Buffer
+	r := &vigilv1.GetGroupResponse{Group: testGroup(), AnsweredBy: "obs1", Agents: []*vigilv1.AgentView{
+		{Member: "pg1", Address: "10.1.0.1:7501", LastAnswerAgeMs: 120, LastErrorAgeMs: -1, SelfFenced: true, DatabaseFence: true},
+		{Member: "pg2", Address: "10.1.0.2:7501", LastAnswerAgeMs: 5000, LastErrorAgeMs: 200, Refused: true, LastError: "stale epoch 3"},
+		{Member: "pg3", Address: "10.1.0.3:7501", LastAnswerAgeMs: -1, LastErrorAgeMs: 300, LastError: "i/o timeout"},
+	}}
+	if err := printGroup(&b, r, testNow); err != nil {
+		t.Fatal(err)
+	}
+	agents := section(t, b.String(), "node agents (leases from obs1)")
+	assertCells(t, rowStarting(t, agents, "MEMBER"), "MEMBER", "AGENT", "LAST ANSWER", "STATE", "LAST FAILURE")
+	assertCells(t, rowStarting(t, agents, "pg1"), "pg1", "10.1.0.1:7501", "120ms ago", "SELF-FENCED, db fence", "-")
+	assertCells(t, rowStarting(t, agents, "pg2"), "pg2", "10.1.0.2:7501", "5s ago", "-", "REFUSED 200ms ago: stale epoch 3")
+	assertCells(t, rowStarting(t, agents, "pg3"), "pg3", "10.1.0.3:7501", "never", "-", "not delivered 300ms ago: i/o timeout")
+
+	b.Reset()
+	r.Agents = nil
+	if err := printGroup(&b, r, testNow); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(b.String(), "node agents") {
+		t.Fatal("a group without agents shows a node agents section")
+	}
+}

@@ -3,6 +3,7 @@ package viprouter_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -179,5 +180,23 @@ func TestRogueObserverCannotLockOutTheVIP(t *testing.T) {
 	resp, err := restarted.client(t).AddVIP(ctx(t), &vigilv1.VIPRequest{Group: group, Epoch: 0, Observer: "obs1"})
 	if err == nil {
 		t.Fatalf("AddVIP of epoch 0 after restart accepted: %+v", resp)
+	}
+}
+
+func TestAnsweredTellsRefusalsFromLostCalls(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{nil, false},
+		{fmt.Errorf("%w: Lease refused", viprouter.ErrStaleEpoch), true},
+		{fmt.Errorf("viprouter: Lease: %w", status.Error(codes.PermissionDenied, "not an observer")), true},
+		{fmt.Errorf("viprouter: Lease: %w", status.Error(codes.Unavailable, "connection refused")), false},
+		{fmt.Errorf("viprouter: Lease: %w", status.Error(codes.DeadlineExceeded, "deadline")), false},
+		{errors.New("plain"), false},
+	} {
+		if got := viprouter.Answered(tc.err); got != tc.want {
+			t.Errorf("Answered(%v) = %v, want %v", tc.err, got, tc.want)
+		}
 	}
 }

@@ -235,6 +235,27 @@ func callError(rpc, group, member, addr string, epoch uint64, err error) error {
 	return fmt.Errorf("viprouter: %s for group %q epoch %d on %s's agent (%s): %w", rpc, group, epoch, member, addr, err)
 }
 
+// Answered reports whether err is an agent's answer (a refusal: stale
+// epoch, denied, invalid, …) rather than a call that did not get through
+// (unreachable, timed out, cancelled).
+func Answered(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, ErrStaleEpoch) {
+		return true
+	}
+	st, ok := status.FromError(err) // unwraps
+	if !ok {
+		return false
+	}
+	switch st.Code() {
+	case codes.OK, codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.Unknown:
+		return false
+	}
+	return true
+}
+
 // unreachable reports whether err means the agent did not answer (as
 // opposed to answering with a refusal).
 func unreachable(err error) bool {

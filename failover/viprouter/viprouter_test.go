@@ -442,6 +442,8 @@ func TestLeaseQuorumHoldingAndLoss(t *testing.T) {
 	if runs := db1.fenceRuns(t); runs[0] != "self_fence pg-main 1 db1" {
 		t.Fatalf("fence command run %q", runs[0])
 	}
+	// The command has run; the agent marks the episode done right after.
+	waitFor(t, 5*time.Second, "the agent reporting itself fenced", func() bool { return db1.status(t).Fenced })
 	st := db1.status(t)
 	if st.Holding || !st.Fenced {
 		t.Fatalf("status after self-fence: %+v", st)

@@ -958,8 +958,11 @@ type GetGroupResponse struct {
 	// eligible candidate, fence failed); empty when answered by a follower
 	// or when there is nothing to say.
 	ControllerStatus string `protobuf:"bytes,6,opt,name=controller_status,json=controllerStatus,proto3" json:"controller_status,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The members' node agents as the answering observer's leases see them
+	// (VIP groups only).
+	Agents        []*AgentView `protobuf:"bytes,7,rep,name=agents,proto3" json:"agents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetGroupResponse) Reset() {
@@ -1034,6 +1037,123 @@ func (x *GetGroupResponse) GetControllerStatus() string {
 	return ""
 }
 
+func (x *GetGroupResponse) GetAgents() []*AgentView {
+	if x != nil {
+		return x.Agents
+	}
+	return nil
+}
+
+// AgentView is what one observer learnt from leasing one member's node
+// agent.
+type AgentView struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Member string                 `protobuf:"bytes,1,opt,name=member,proto3" json:"member,omitempty"`
+	// The agent's address (members[].agent).
+	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// Milliseconds since the agent last answered a lease; -1 if never.
+	LastAnswerAgeMs int64 `protobuf:"varint,3,opt,name=last_answer_age_ms,json=lastAnswerAgeMs,proto3" json:"last_answer_age_ms,omitempty"`
+	// The last lease that failed, and how long ago (-1: none since the
+	// last answer).
+	LastError      string `protobuf:"bytes,4,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	LastErrorAgeMs int64  `protobuf:"varint,5,opt,name=last_error_age_ms,json=lastErrorAgeMs,proto3" json:"last_error_age_ms,omitempty"`
+	// The agent refused the last failed lease (answered with an error:
+	// stale epoch, denied, invalid), as opposed to not answering.
+	Refused bool `protobuf:"varint,6,opt,name=refused,proto3" json:"refused,omitempty"`
+	// Named the primary, it answered that it does not hold the VIP: it
+	// fenced itself (lost its lease quorum).
+	SelfFenced    bool `protobuf:"varint,7,opt,name=self_fenced,json=selfFenced,proto3" json:"self_fenced,omitempty"`
+	DatabaseFence bool `protobuf:"varint,8,opt,name=database_fence,json=databaseFence,proto3" json:"database_fence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentView) Reset() {
+	*x = AgentView{}
+	mi := &file_vigil_v1_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentView) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentView) ProtoMessage() {}
+
+func (x *AgentView) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_v1_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentView.ProtoReflect.Descriptor instead.
+func (*AgentView) Descriptor() ([]byte, []int) {
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *AgentView) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
+}
+
+func (x *AgentView) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *AgentView) GetLastAnswerAgeMs() int64 {
+	if x != nil {
+		return x.LastAnswerAgeMs
+	}
+	return 0
+}
+
+func (x *AgentView) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *AgentView) GetLastErrorAgeMs() int64 {
+	if x != nil {
+		return x.LastErrorAgeMs
+	}
+	return 0
+}
+
+func (x *AgentView) GetRefused() bool {
+	if x != nil {
+		return x.Refused
+	}
+	return false
+}
+
+func (x *AgentView) GetSelfFenced() bool {
+	if x != nil {
+		return x.SelfFenced
+	}
+	return false
+}
+
+func (x *AgentView) GetDatabaseFence() bool {
+	if x != nil {
+		return x.DatabaseFence
+	}
+	return false
+}
+
 // ObserverVote is one observer's latest vote about a member.
 type ObserverVote struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -1053,7 +1173,7 @@ type ObserverVote struct {
 
 func (x *ObserverVote) Reset() {
 	*x = ObserverVote{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[15]
+	mi := &file_vigil_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1065,7 +1185,7 @@ func (x *ObserverVote) String() string {
 func (*ObserverVote) ProtoMessage() {}
 
 func (x *ObserverVote) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[15]
+	mi := &file_vigil_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1078,7 +1198,7 @@ func (x *ObserverVote) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserverVote.ProtoReflect.Descriptor instead.
 func (*ObserverVote) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ObserverVote) GetObserver() string {
@@ -1167,7 +1287,7 @@ type MemberHealth struct {
 
 func (x *MemberHealth) Reset() {
 	*x = MemberHealth{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[16]
+	mi := &file_vigil_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1179,7 +1299,7 @@ func (x *MemberHealth) String() string {
 func (*MemberHealth) ProtoMessage() {}
 
 func (x *MemberHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[16]
+	mi := &file_vigil_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1192,7 +1312,7 @@ func (x *MemberHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberHealth.ProtoReflect.Descriptor instead.
 func (*MemberHealth) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *MemberHealth) GetGroup() string {
@@ -1324,7 +1444,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[17]
+	mi := &file_vigil_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1336,7 +1456,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[17]
+	mi := &file_vigil_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1349,7 +1469,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WatchRequest) GetGroup() string {
@@ -1373,7 +1493,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[18]
+	mi := &file_vigil_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1385,7 +1505,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[18]
+	mi := &file_vigil_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1398,7 +1518,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WatchEvent) GetAt() *timestamppb.Timestamp {
@@ -1439,7 +1559,7 @@ type PauseGroupRequest struct {
 
 func (x *PauseGroupRequest) Reset() {
 	*x = PauseGroupRequest{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[19]
+	mi := &file_vigil_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1451,7 +1571,7 @@ func (x *PauseGroupRequest) String() string {
 func (*PauseGroupRequest) ProtoMessage() {}
 
 func (x *PauseGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[19]
+	mi := &file_vigil_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1464,7 +1584,7 @@ func (x *PauseGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseGroupRequest.ProtoReflect.Descriptor instead.
 func (*PauseGroupRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PauseGroupRequest) GetGroup() string {
@@ -1492,7 +1612,7 @@ type PauseGroupResponse struct {
 
 func (x *PauseGroupResponse) Reset() {
 	*x = PauseGroupResponse{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[20]
+	mi := &file_vigil_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1504,7 +1624,7 @@ func (x *PauseGroupResponse) String() string {
 func (*PauseGroupResponse) ProtoMessage() {}
 
 func (x *PauseGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[20]
+	mi := &file_vigil_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1517,7 +1637,7 @@ func (x *PauseGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseGroupResponse.ProtoReflect.Descriptor instead.
 func (*PauseGroupResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PauseGroupResponse) GetGroup() *Group {
@@ -1543,7 +1663,7 @@ type ResumeGroupRequest struct {
 
 func (x *ResumeGroupRequest) Reset() {
 	*x = ResumeGroupRequest{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[21]
+	mi := &file_vigil_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1555,7 +1675,7 @@ func (x *ResumeGroupRequest) String() string {
 func (*ResumeGroupRequest) ProtoMessage() {}
 
 func (x *ResumeGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[21]
+	mi := &file_vigil_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1568,7 +1688,7 @@ func (x *ResumeGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeGroupRequest.ProtoReflect.Descriptor instead.
 func (*ResumeGroupRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ResumeGroupRequest) GetGroup() string {
@@ -1588,7 +1708,7 @@ type ResumeGroupResponse struct {
 
 func (x *ResumeGroupResponse) Reset() {
 	*x = ResumeGroupResponse{}
-	mi := &file_vigil_v1_admin_proto_msgTypes[22]
+	mi := &file_vigil_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1600,7 +1720,7 @@ func (x *ResumeGroupResponse) String() string {
 func (*ResumeGroupResponse) ProtoMessage() {}
 
 func (x *ResumeGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_admin_proto_msgTypes[22]
+	mi := &file_vigil_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1613,7 +1733,7 @@ func (x *ResumeGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeGroupResponse.ProtoReflect.Descriptor instead.
 func (*ResumeGroupResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_vigil_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ResumeGroupResponse) GetGroup() *Group {
@@ -1701,7 +1821,7 @@ const file_vigil_v1_admin_proto_rawDesc = "" +
 	"\x06groups\x18\x01 \x03(\v2\x0f.vigil.v1.GroupR\x06groups\x12#\n" +
 	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\"%\n" +
 	"\x0fGetGroupRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x97\x02\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\xc4\x02\n" +
 	"\x10GetGroupResponse\x12%\n" +
 	"\x05group\x18\x01 \x01(\v2\x0f.vigil.v1.GroupR\x05group\x12#\n" +
 	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12.\n" +
@@ -1711,7 +1831,19 @@ const file_vigil_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"candidates\x18\x05 \x03(\v2\x19.vigil.v1.CandidateStatusR\n" +
 	"candidates\x12+\n" +
-	"\x11controller_status\x18\x06 \x01(\tR\x10controllerStatus\"\xbb\x01\n" +
+	"\x11controller_status\x18\x06 \x01(\tR\x10controllerStatus\x12+\n" +
+	"\x06agents\x18\a \x03(\v2\x13.vigil.v1.AgentViewR\x06agents\"\x96\x02\n" +
+	"\tAgentView\x12\x16\n" +
+	"\x06member\x18\x01 \x01(\tR\x06member\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12+\n" +
+	"\x12last_answer_age_ms\x18\x03 \x01(\x03R\x0flastAnswerAgeMs\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x04 \x01(\tR\tlastError\x12)\n" +
+	"\x11last_error_age_ms\x18\x05 \x01(\x03R\x0elastErrorAgeMs\x12\x18\n" +
+	"\arefused\x18\x06 \x01(\bR\arefused\x12\x1f\n" +
+	"\vself_fenced\x18\a \x01(\bR\n" +
+	"selfFenced\x12%\n" +
+	"\x0edatabase_fence\x18\b \x01(\bR\rdatabaseFence\"\xbb\x01\n" +
 	"\fObserverVote\x12\x1a\n" +
 	"\bobserver\x18\x01 \x01(\tR\bobserver\x12\x18\n" +
 	"\averdict\x18\x02 \x01(\tR\averdict\x12\x12\n" +
@@ -1788,7 +1920,7 @@ func file_vigil_v1_admin_proto_rawDescGZIP() []byte {
 	return file_vigil_v1_admin_proto_rawDescData
 }
 
-var file_vigil_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_vigil_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_vigil_v1_admin_proto_goTypes = []any{
 	(*SwitchoverRequest)(nil),     // 0: vigil.v1.SwitchoverRequest
 	(*FailoverRequest)(nil),       // 1: vigil.v1.FailoverRequest
@@ -1805,60 +1937,62 @@ var file_vigil_v1_admin_proto_goTypes = []any{
 	(*ListGroupsResponse)(nil),    // 12: vigil.v1.ListGroupsResponse
 	(*GetGroupRequest)(nil),       // 13: vigil.v1.GetGroupRequest
 	(*GetGroupResponse)(nil),      // 14: vigil.v1.GetGroupResponse
-	(*ObserverVote)(nil),          // 15: vigil.v1.ObserverVote
-	(*MemberHealth)(nil),          // 16: vigil.v1.MemberHealth
-	(*WatchRequest)(nil),          // 17: vigil.v1.WatchRequest
-	(*WatchEvent)(nil),            // 18: vigil.v1.WatchEvent
-	(*PauseGroupRequest)(nil),     // 19: vigil.v1.PauseGroupRequest
-	(*PauseGroupResponse)(nil),    // 20: vigil.v1.PauseGroupResponse
-	(*ResumeGroupRequest)(nil),    // 21: vigil.v1.ResumeGroupRequest
-	(*ResumeGroupResponse)(nil),   // 22: vigil.v1.ResumeGroupResponse
-	(*Failover)(nil),              // 23: vigil.v1.Failover
-	(*Group)(nil),                 // 24: vigil.v1.Group
-	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
+	(*AgentView)(nil),             // 15: vigil.v1.AgentView
+	(*ObserverVote)(nil),          // 16: vigil.v1.ObserverVote
+	(*MemberHealth)(nil),          // 17: vigil.v1.MemberHealth
+	(*WatchRequest)(nil),          // 18: vigil.v1.WatchRequest
+	(*WatchEvent)(nil),            // 19: vigil.v1.WatchEvent
+	(*PauseGroupRequest)(nil),     // 20: vigil.v1.PauseGroupRequest
+	(*PauseGroupResponse)(nil),    // 21: vigil.v1.PauseGroupResponse
+	(*ResumeGroupRequest)(nil),    // 22: vigil.v1.ResumeGroupRequest
+	(*ResumeGroupResponse)(nil),   // 23: vigil.v1.ResumeGroupResponse
+	(*Failover)(nil),              // 24: vigil.v1.Failover
+	(*Group)(nil),                 // 25: vigil.v1.Group
+	(*timestamppb.Timestamp)(nil), // 26: google.protobuf.Timestamp
 }
 var file_vigil_v1_admin_proto_depIdxs = []int32{
-	23, // 0: vigil.v1.FailoverResponse.failover:type_name -> vigil.v1.Failover
-	24, // 1: vigil.v1.FailoverResponse.group:type_name -> vigil.v1.Group
-	23, // 2: vigil.v1.HistoryResponse.failovers:type_name -> vigil.v1.Failover
-	23, // 3: vigil.v1.HistoryResponse.active:type_name -> vigil.v1.Failover
+	24, // 0: vigil.v1.FailoverResponse.failover:type_name -> vigil.v1.Failover
+	25, // 1: vigil.v1.FailoverResponse.group:type_name -> vigil.v1.Group
+	24, // 2: vigil.v1.HistoryResponse.failovers:type_name -> vigil.v1.Failover
+	24, // 3: vigil.v1.HistoryResponse.active:type_name -> vigil.v1.Failover
 	9,  // 4: vigil.v1.StatusResponse.observers:type_name -> vigil.v1.ObserverStatus
-	24, // 5: vigil.v1.ListGroupsResponse.groups:type_name -> vigil.v1.Group
-	24, // 6: vigil.v1.GetGroupResponse.group:type_name -> vigil.v1.Group
-	16, // 7: vigil.v1.GetGroupResponse.health:type_name -> vigil.v1.MemberHealth
+	25, // 5: vigil.v1.ListGroupsResponse.groups:type_name -> vigil.v1.Group
+	25, // 6: vigil.v1.GetGroupResponse.group:type_name -> vigil.v1.Group
+	17, // 7: vigil.v1.GetGroupResponse.health:type_name -> vigil.v1.MemberHealth
 	7,  // 8: vigil.v1.GetGroupResponse.candidates:type_name -> vigil.v1.CandidateStatus
-	25, // 9: vigil.v1.MemberHealth.down_since:type_name -> google.protobuf.Timestamp
-	25, // 10: vigil.v1.MemberHealth.odown_since:type_name -> google.protobuf.Timestamp
-	15, // 11: vigil.v1.MemberHealth.votes:type_name -> vigil.v1.ObserverVote
-	25, // 12: vigil.v1.WatchEvent.at:type_name -> google.protobuf.Timestamp
-	16, // 13: vigil.v1.WatchEvent.health:type_name -> vigil.v1.MemberHealth
-	24, // 14: vigil.v1.PauseGroupResponse.group:type_name -> vigil.v1.Group
-	24, // 15: vigil.v1.ResumeGroupResponse.group:type_name -> vigil.v1.Group
-	8,  // 16: vigil.v1.Admin.Status:input_type -> vigil.v1.StatusRequest
-	11, // 17: vigil.v1.Admin.ListGroups:input_type -> vigil.v1.ListGroupsRequest
-	13, // 18: vigil.v1.Admin.GetGroup:input_type -> vigil.v1.GetGroupRequest
-	19, // 19: vigil.v1.Admin.PauseGroup:input_type -> vigil.v1.PauseGroupRequest
-	21, // 20: vigil.v1.Admin.ResumeGroup:input_type -> vigil.v1.ResumeGroupRequest
-	17, // 21: vigil.v1.Admin.Watch:input_type -> vigil.v1.WatchRequest
-	0,  // 22: vigil.v1.Admin.Switchover:input_type -> vigil.v1.SwitchoverRequest
-	1,  // 23: vigil.v1.Admin.Failover:input_type -> vigil.v1.FailoverRequest
-	5,  // 24: vigil.v1.Admin.History:input_type -> vigil.v1.HistoryRequest
-	3,  // 25: vigil.v1.Admin.LeasesStopped:input_type -> vigil.v1.LeasesStoppedRequest
-	10, // 26: vigil.v1.Admin.Status:output_type -> vigil.v1.StatusResponse
-	12, // 27: vigil.v1.Admin.ListGroups:output_type -> vigil.v1.ListGroupsResponse
-	14, // 28: vigil.v1.Admin.GetGroup:output_type -> vigil.v1.GetGroupResponse
-	20, // 29: vigil.v1.Admin.PauseGroup:output_type -> vigil.v1.PauseGroupResponse
-	22, // 30: vigil.v1.Admin.ResumeGroup:output_type -> vigil.v1.ResumeGroupResponse
-	18, // 31: vigil.v1.Admin.Watch:output_type -> vigil.v1.WatchEvent
-	2,  // 32: vigil.v1.Admin.Switchover:output_type -> vigil.v1.FailoverResponse
-	2,  // 33: vigil.v1.Admin.Failover:output_type -> vigil.v1.FailoverResponse
-	6,  // 34: vigil.v1.Admin.History:output_type -> vigil.v1.HistoryResponse
-	4,  // 35: vigil.v1.Admin.LeasesStopped:output_type -> vigil.v1.LeasesStoppedResponse
-	26, // [26:36] is the sub-list for method output_type
-	16, // [16:26] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	15, // 9: vigil.v1.GetGroupResponse.agents:type_name -> vigil.v1.AgentView
+	26, // 10: vigil.v1.MemberHealth.down_since:type_name -> google.protobuf.Timestamp
+	26, // 11: vigil.v1.MemberHealth.odown_since:type_name -> google.protobuf.Timestamp
+	16, // 12: vigil.v1.MemberHealth.votes:type_name -> vigil.v1.ObserverVote
+	26, // 13: vigil.v1.WatchEvent.at:type_name -> google.protobuf.Timestamp
+	17, // 14: vigil.v1.WatchEvent.health:type_name -> vigil.v1.MemberHealth
+	25, // 15: vigil.v1.PauseGroupResponse.group:type_name -> vigil.v1.Group
+	25, // 16: vigil.v1.ResumeGroupResponse.group:type_name -> vigil.v1.Group
+	8,  // 17: vigil.v1.Admin.Status:input_type -> vigil.v1.StatusRequest
+	11, // 18: vigil.v1.Admin.ListGroups:input_type -> vigil.v1.ListGroupsRequest
+	13, // 19: vigil.v1.Admin.GetGroup:input_type -> vigil.v1.GetGroupRequest
+	20, // 20: vigil.v1.Admin.PauseGroup:input_type -> vigil.v1.PauseGroupRequest
+	22, // 21: vigil.v1.Admin.ResumeGroup:input_type -> vigil.v1.ResumeGroupRequest
+	18, // 22: vigil.v1.Admin.Watch:input_type -> vigil.v1.WatchRequest
+	0,  // 23: vigil.v1.Admin.Switchover:input_type -> vigil.v1.SwitchoverRequest
+	1,  // 24: vigil.v1.Admin.Failover:input_type -> vigil.v1.FailoverRequest
+	5,  // 25: vigil.v1.Admin.History:input_type -> vigil.v1.HistoryRequest
+	3,  // 26: vigil.v1.Admin.LeasesStopped:input_type -> vigil.v1.LeasesStoppedRequest
+	10, // 27: vigil.v1.Admin.Status:output_type -> vigil.v1.StatusResponse
+	12, // 28: vigil.v1.Admin.ListGroups:output_type -> vigil.v1.ListGroupsResponse
+	14, // 29: vigil.v1.Admin.GetGroup:output_type -> vigil.v1.GetGroupResponse
+	21, // 30: vigil.v1.Admin.PauseGroup:output_type -> vigil.v1.PauseGroupResponse
+	23, // 31: vigil.v1.Admin.ResumeGroup:output_type -> vigil.v1.ResumeGroupResponse
+	19, // 32: vigil.v1.Admin.Watch:output_type -> vigil.v1.WatchEvent
+	2,  // 33: vigil.v1.Admin.Switchover:output_type -> vigil.v1.FailoverResponse
+	2,  // 34: vigil.v1.Admin.Failover:output_type -> vigil.v1.FailoverResponse
+	6,  // 35: vigil.v1.Admin.History:output_type -> vigil.v1.HistoryResponse
+	4,  // 36: vigil.v1.Admin.LeasesStopped:output_type -> vigil.v1.LeasesStoppedResponse
+	27, // [27:37] is the sub-list for method output_type
+	17, // [17:27] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_vigil_v1_admin_proto_init() }
@@ -1873,7 +2007,7 @@ func file_vigil_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vigil_v1_admin_proto_rawDesc), len(file_vigil_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
