@@ -626,15 +626,11 @@ type strandedResult struct {
 // stranded writer be fenced; with heal, db0 is then healed and must stay
 // unrouted and fenced for 5 s. Safety (never two writable-and-routed,
 // never the VIP on two hosts) is asserted; the bounds are the caller's.
-func strandedRun(t testing.TB, syncRep, heal bool) strandedResult {
+// startVIPWriter starts a client on the client host writing continuously
+// through the VIP (table acked) and returns it with its stop function
+// (also run at cleanup).
+func startVIPWriter(t testing.TB, v *vipLab) (*ackWriter, func()) {
 	t.Helper()
-	lc := &logCapture{}
-	v := startVIPLab(t, syncRep, fenceLabOptions(lc))
-	s := v.startWRSampler(t)
-	waitWR(t, s, "db0", time.Time{})
-	w := startStrandedWriter(t, v, "db0", v.pg.Nodes[0])
-
-	// A client through the VIP, to time when the new primary takes writes.
 	execSQL(t, v.pg.Primary(), "CREATE TABLE acked (id bigint PRIMARY KEY)")
 	vw := &ackWriter{pg: v.pg, first: map[string]time.Time{}, dial: func(ctx context.Context) (*pgx.Conn, error) {
 		var conn *pgx.Conn
@@ -644,12 +640,25 @@ func strandedRun(t testing.TB, syncRep, heal bool) strandedResult {
 		})
 		return conn, err
 	}}
-	vctx, vcancel := context.WithCancel(context.Background())
-	var vwg sync.WaitGroup
-	vwg.Add(1)
-	go func() { defer vwg.Done(); vw.run(vctx) }()
-	stopVW := sync.OnceFunc(func() { vcancel(); vwg.Wait() })
-	t.Cleanup(stopVW)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); vw.run(ctx) }()
+	stop := sync.OnceFunc(func() { cancel(); wg.Wait() })
+	t.Cleanup(stop)
+	return vw, stop
+}
+
+func strandedRun(t testing.TB, syncRep, heal bool) strandedResult {
+	t.Helper()
+	lc := &logCapture{}
+	v := startVIPLab(t, syncRep, fenceLabOptions(lc))
+	s := v.startWRSampler(t)
+	waitWR(t, s, "db0", time.Time{})
+	w := startStrandedWriter(t, v, "db0", v.pg.Nodes[0])
+
+	// A client through the VIP, to time when the new primary takes writes.
+	vw, stopVW := startVIPWriter(t, v)
 
 	clustertest.WaitFor(t, waitLong, "both writers writing", func() (bool, string) {
 		vw.mu.Lock()
@@ -861,21 +870,7 @@ func TestFenceLabSwitchoverVIPAndDirectWriters(t *testing.T) {
 	lc := &logCapture{}
 	v := startVIPLab(t, false, fenceLabOptions(lc))
 	direct := startStrandedWriter(t, v, "client", v.pg.Nodes[0])
-	execSQL(t, v.pg.Primary(), "CREATE TABLE acked (id bigint PRIMARY KEY)")
-	vw := &ackWriter{pg: v.pg, first: map[string]time.Time{}, dial: func(ctx context.Context) (*pgx.Conn, error) {
-		var conn *pgx.Conn
-		err := v.lab.InNS("client", func() (err error) {
-			conn, err = pgx.Connect(ctx, fmt.Sprintf("host=%s port=5432 user=postgres dbname=postgres sslmode=disable", v.vip))
-			return err
-		})
-		return conn, err
-	}}
-	vctx, vcancel := context.WithCancel(context.Background())
-	var vwg sync.WaitGroup
-	vwg.Add(1)
-	go func() { defer vwg.Done(); vw.run(vctx) }()
-	stopVW := sync.OnceFunc(func() { vcancel(); vwg.Wait() })
-	t.Cleanup(stopVW)
+	vw, stopVW := startVIPWriter(t, v)
 	clustertest.WaitFor(t, waitLong, "both writers writing", func() (bool, string) {
 		vw.mu.Lock()
 		nv := len(vw.acked)
