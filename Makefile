@@ -9,7 +9,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GOBIN_DIR := $(shell $(GO) env GOPATH)/bin
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build test fuzz proto proto-tools lint bench demo demo-cluster clean
+.PHONY: all build test soak fuzz proto proto-tools lint bench demo demo-cluster clean
 
 all: lint build
 
@@ -27,6 +27,21 @@ build:
 test: lint
 	bash deploy/lab/install-deps.sh
 	PATH="$(GOBIN_DIR):$$PATH" $(GO) test $(GOFLAGS_BUILD) -race -count=1 -p 1 -timeout $(TEST_TIMEOUT) ./...
+
+## soak: SOAK_RUNS randomized nemesis runs (seeds SOAK_SEED, SOAK_SEED+1, …)
+## on the namespace lab, every process on its own host; prints the summary
+## and writes it into docs/RELIABILITY.md. Root only; hours for 200 runs.
+## Re-run one seed: VIGIL_NEMESIS_SEEDS=N go test -tags hashicorpmetrics \
+##   -run TestNemesisFixedSeeds -v ./deploy/lab/nemesis/
+SOAK_RUNS ?= 200
+SOAK_SEED ?= 1000
+SOAK_LENGTH ?= 20s
+soak:
+	bash deploy/lab/install-deps.sh
+	VIGIL_REQUIRE_TOOLS=1 VIGIL_REQUIRE_PG=1 VIGIL_REQUIRE_NETNS=1 \
+	VIGIL_SOAK_RUNS=$(SOAK_RUNS) VIGIL_SOAK_SEED=$(SOAK_SEED) VIGIL_SOAK_LENGTH=$(SOAK_LENGTH) \
+	VIGIL_SOAK_DOC=$(CURDIR)/docs/RELIABILITY.md \
+	$(GO) test $(GOFLAGS_BUILD) -count=1 -timeout 0 -run '^TestSoak$$' -v ./deploy/lab/nemesis/
 
 proto-tools:
 	@command -v protoc >/dev/null || { echo "protoc missing: apt-get install -y protobuf-compiler libprotobuf-dev" >&2; exit 1; }

@@ -33,6 +33,10 @@ func (f fenceOutcome) missing(needTraffic bool) string {
 	return strings.Join(m, " and ")
 }
 
+// unsafeNoFenceDetail is the fence step's detail in the vigil_unsafe_nofence
+// build, where nothing is fenced (unsafe_nofence.go).
+const unsafeNoFenceDetail = "UNSAFE BUILD: fencing disabled (vigil_unsafe_nofence)"
+
 // runFencers runs fencers concurrently against a.Old and merges what they
 // covered. Once the outcome is complete the others are cancelled (a
 // method still waiting on an unreachable host must not delay the
@@ -40,6 +44,16 @@ func (f fenceOutcome) missing(needTraffic bool) string {
 // that the SQL fence (read-only, sessions terminated) has run before the
 // catch-up point is read.
 func (c *Controller) runFencers(ctx context.Context, fencers []Fencer, a Action, timeout timeoutFn, needTraffic, waitAll bool, out *fenceOutcome) {
+	if unsafeNoFence {
+		// The broken build for checker tests: claim a complete fence
+		// without touching the old primary, so split-brain can happen.
+		if !out.complete(true) {
+			res := FenceResult{Confirmed: true, Traffic: true, Detail: unsafeNoFenceDetail}
+			out.database, out.traffic = res.Confirmed, res.Traffic
+			out.notes = append(out.notes, res.Detail)
+		}
+		return
+	}
 	if len(fencers) == 0 || out.complete(needTraffic) {
 		return
 	}

@@ -160,6 +160,9 @@ func NewMonitor(cfg MonitorConfig) (*Monitor, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	// The runner gets the caller's clock as given: nil keeps its stamps
+	// exactly as the probers make them.
+	probeClock := cfg.Now
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -186,6 +189,8 @@ func NewMonitor(cfg MonitorConfig) (*Monitor, error) {
 		m.log.Warn("gossip votes are not authenticated per observer: any holder of the gossip key can vote in any observer's name; configure tls")
 	}
 	m.runner = NewRunner(nil, m.observe, cfg.Logger)
+	// Own votes are stamped by the runner and aged by m.now: one clock.
+	m.runner.Now = probeClock
 	return m, nil
 }
 

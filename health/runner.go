@@ -29,6 +29,14 @@ type targetKey struct{ group, member string }
 // Runner probes every Target on its own ticker in its own goroutine, so a
 // hung member never delays the others, and hands each Result to a sink.
 type Runner struct {
+	// Now is the wall clock that stamps each Result's At, which becomes
+	// the vote's ObservedAt: it must be the clock the Monitor judges vote
+	// ages by, or an observer with a shifted clock (Options.Now, the
+	// --clock-offset test hook) would misjudge its own votes. nil means
+	// time.Now. Set it before Run; probe latency is measured with the
+	// monotonic clock whatever it says.
+	Now func() time.Time
+
 	sink   func(Target, Result)
 	logger *slog.Logger
 
@@ -258,8 +266,16 @@ func (r *Runner) loop(ctx context.Context, w *worker) {
 // probeOnce runs one probe bounded by the target's timeout. A panicking
 // prober yields an unknown verdict (never down: a bug shared by every
 // observer must not look like a dead member) and is logged.
+//
+// Probers stamp At with time.Now; the runner moves that stamp onto its own
+// clock (Now) by the offset between the two at the probe's start, so a
+// prober's choice of At is kept and only the clock changes.
 func (r *Runner) probeOnce(ctx context.Context, t Target, log *slog.Logger) (res Result) {
 	start := time.Now()
+	at := start
+	if r.Now != nil {
+		at = r.Now()
+	}
 	pctx, cancel := context.WithTimeout(ctx, t.Timeout)
 	defer cancel()
 	defer func() {
@@ -268,7 +284,9 @@ func (r *Runner) probeOnce(ctx context.Context, t Target, log *slog.Logger) (res
 			res = Result{Verdict: VerdictUnknown, Err: fmt.Sprintf("prober panicked: %v", v), ErrKind: KindOther}
 		}
 		if res.At.IsZero() {
-			res.At = start
+			res.At = at
+		} else {
+			res.At = res.At.Add(at.Sub(start))
 		}
 		if res.Latency == 0 {
 			res.Latency = time.Since(start)

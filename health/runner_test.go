@@ -214,3 +214,69 @@ func TestRunnerDefaultsPanicsAndRestart(t *testing.T) {
 	startRunner(t, r, c2)
 	waitFor(t, 5*time.Second, "results after restart", func() bool { return c2.count("panics") >= 1 })
 }
+
+// zeroAtProber answers without stamping its Result, leaving At to the
+// runner.
+type zeroAtProber struct{}
+
+func (zeroAtProber) Probe(context.Context) Result { return Result{Verdict: VerdictUp} }
+
+// TestRunnerClock: with a shifted Now (an observer's --clock-offset), the
+// runner stamps every Result's At, and so the vote's ObservedAt, with the
+// shifted clock, whether the prober stamped it (with time.Now) or not, and
+// the probe latency stays a real duration, not the offset. The Monitor
+// hands its clock to its runner.
+func TestRunnerClock(t *testing.T) {
+	const offset = -90 * time.Minute
+	c := newCollector(t)
+	r := NewRunner([]Target{
+		{Group: "g", Member: "stamped", Interval: 10 * time.Millisecond, Prober: &upProber{}},
+		{Group: "g", Member: "unstamped", Interval: 10 * time.Millisecond, Prober: zeroAtProber{}},
+		{Group: "g", Member: "panics", Interval: 10 * time.Millisecond, Prober: panicProber{}},
+	}, c.sink, nil)
+	r.Now = func() time.Time { return time.Now().Add(offset) }
+	before := time.Now()
+	stop := startRunner(t, r, c)
+	waitFor(t, 5*time.Second, "results from every target", func() bool {
+		return c.count("stamped") >= 2 && c.count("unstamped") >= 2 && c.count("panics") >= 2
+	})
+	stop()
+	after := time.Now()
+	for _, m := range []string{"stamped", "unstamped", "panics"} {
+		c.mu.Lock()
+		rs := append([]Result(nil), c.results[m]...)
+		c.mu.Unlock()
+		for _, res := range rs {
+			if res.At.Before(before.Add(offset)) || res.At.After(after.Add(offset)) {
+				t.Errorf("%s: At %v is not on the shifted clock (want within [%v, %v])", m, res.At, before.Add(offset), after.Add(offset))
+			}
+			if res.Latency < 0 || res.Latency > after.Sub(before) {
+				t.Errorf("%s: latency %v is not a real probe duration (test ran %v)", m, res.Latency, after.Sub(before))
+			}
+			v := VoteFromResult("o1", "g", m, res, 1)
+			if !v.ObservedAt.Equal(res.At) {
+				t.Errorf("%s: vote ObservedAt %v, result At %v", m, v.ObservedAt, res.At)
+			}
+		}
+	}
+
+	// Without Now, the probers' own stamps are kept as they are.
+	c2 := newCollector(t)
+	r2 := NewRunner([]Target{{Group: "g", Member: "stamped", Interval: 10 * time.Millisecond, Prober: &upProber{}}}, c2.sink, nil)
+	before = time.Now()
+	startRunner(t, r2, c2)
+	waitFor(t, 5*time.Second, "a result on the real clock", func() bool { return c2.count("stamped") >= 1 })
+	if res, _ := c2.last("stamped"); res.At.Before(before) || res.At.After(time.Now()) {
+		t.Errorf("At %v not on the real clock (after %v)", res.At, before)
+	}
+
+	// NewMonitor gives its runner its clock.
+	now := func() time.Time { return time.Now().Add(offset) }
+	m, err := NewMonitor(MonitorConfig{Self: "o1", Observers: []string{"o1", "o2", "o3"}, Quorum: 2, Send: func([]byte) {}, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.runner.Now == nil || m.runner.Now().Sub(time.Now()) > offset/2 {
+		t.Errorf("the monitor's runner is not on the monitor's clock")
+	}
+}

@@ -69,6 +69,7 @@ inspect the cluster with vigilctl.`,
 
 func newObserverCmd(stderr io.Writer) *cobra.Command {
 	var path string
+	var clockOffset time.Duration
 	cmd := &cobra.Command{
 		Use:   "observer --config FILE",
 		Short: "Run one observer of the cluster",
@@ -95,7 +96,16 @@ prints every problem with the field and value at fault.`,
 			signal.Ignore(syscall.SIGHUP)
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			obs, err := cluster.New(cluster.Options{Config: cfg, Logger: logger})
+			warnUnsafeBuild(logger)
+			opts := cluster.Options{Config: cfg, Logger: logger}
+			if clockOffset != 0 {
+				// Nemesis tests skew one observer's clock to check that
+				// votes and leases survive disagreeing clocks.
+				logger.Warn("TEST HOOK: this observer's wall clock is shifted (--clock-offset); never use in production", "clock_offset", clockOffset.String())
+				offset := clockOffset
+				opts.Now = func() time.Time { return time.Now().Add(offset) }
+			}
+			obs, err := cluster.New(opts)
 			if err != nil {
 				return err
 			}
@@ -107,6 +117,10 @@ prints every problem with the field and value at fault.`,
 		},
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "", "path to the observer's YAML config (required)")
+	cmd.Flags().DurationVar(&clockOffset, "clock-offset", 0, "test hook: shift this observer's wall clock by DURATION (nemesis tests); never use in production")
+	if err := cmd.Flags().MarkHidden("clock-offset"); err != nil {
+		panic(fmt.Sprintf("hide --clock-offset: %v", err)) // the flag is defined just above
+	}
 	return cmd
 }
 
@@ -140,6 +154,7 @@ Needs CAP_NET_ADMIN and CAP_NET_RAW.`,
 				return err
 			}
 			logger := newLogger(stderr, config.Log{Level: level, Format: "text"})
+			warnUnsafeBuild(logger)
 			signal.Ignore(syscall.SIGHUP) // reloads certificates with TLS; never fatal
 			// The agent's metrics, served on metrics_listen when set, with
 			// the Go runtime's and the process's.
@@ -209,6 +224,14 @@ func newVersionCmd(stdout io.Writer) *cobra.Command {
 		Short: "Print the version",
 		Args:  cobra.NoArgs,
 		Run:   func(*cobra.Command, []string) { fmt.Fprintln(stdout, "vigil", version) },
+	}
+}
+
+// warnUnsafeBuild logs, in the vigil_unsafe_nofence build only, that this
+// binary does not fence: it must never be mistaken for a real one.
+func warnUnsafeBuild(logger *slog.Logger) {
+	if unsafeNoFence {
+		logger.Error("UNSAFE BUILD: fencing disabled; for checker tests only", "build_tag", "vigil_unsafe_nofence")
 	}
 }
 

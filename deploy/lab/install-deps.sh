@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what vigil's tests need on a Debian machine, when missing:
 # protoc and the well-known types, PostgreSQL, HAProxy, iproute2,
-# iptables, nftables, Prometheus (promtool) and grpcurl. Used by
+# iptables, nftables, Prometheus (promtool), util-linux and e2fsprogs
+# (fsfreeze, mkfs.ext4) and grpcurl. Used by
 # `make test` and .ci/run, so a fresh machine runs every test instead of
 # skipping some. Without root or apt-get it says what is missing and
 # leaves the tests to skip with a reason.
@@ -16,6 +17,9 @@ command -v ip >/dev/null || pkgs+=(iproute2)
 command -v iptables >/dev/null || pkgs+=(iptables)
 command -v nft >/dev/null || pkgs+=(nftables)
 command -v promtool >/dev/null || pkgs+=(prometheus)
+# The nemesis lab freezes loop-mounted ext4 disks (fsfreeze, mkfs.ext4).
+command -v fsfreeze >/dev/null || pkgs+=(util-linux)
+command -v mkfs.ext4 >/dev/null || pkgs+=(e2fsprogs)
 if [ ${#pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "install-deps: installing ${pkgs[*]}"

@@ -40,6 +40,9 @@ type options struct {
 	// handshake, idle: the gRPC port's connection deadlines (tests
 	// shorten them).
 	handshake, idle time.Duration
+	// noStartupFence: start open like agents before the startup fence
+	// (unit tests of what follows the start).
+	noStartupFence bool
 }
 
 // WithAddrs replaces the netlink + ARP implementation (tests use a fake).
@@ -47,6 +50,11 @@ func WithAddrs(x Addrs) Option { return func(o *options) { o.addrs = x } }
 
 // withClock replaces time.Now (unit tests drive lease expiry by hand).
 func withClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
+
+// withoutStartupFence starts the agent without the startup database
+// fence (tests of the behaviour after the start; the startup fence has
+// tests of its own).
+func withoutStartupFence() Option { return func(o *options) { o.noStartupFence = true } }
 
 // WithGatherer sets what the metrics_listen endpoint serves. By default
 // it is New's registerer when that is also a prometheus.Gatherer (a
@@ -304,6 +312,11 @@ func New(cfg *Config, logger *slog.Logger, reg prometheus.Registerer, opts ...Op
 			g.startupGrace = true
 			a.log.Warn("VIP already on its interface at start; keeping it for lease_timeout pending the observers' leases",
 				"group", g.name, "vip", g.cidr, "interface", g.iface, "epoch", g.highest, "lease_timeout", a.leaseTimeout)
+		} else if g.dbf != nil && !g.dbFenced && !o.noStartupFence && !unsafeNoFence {
+			if err := a.startupFence(g); err != nil {
+				cancel()
+				return nil, fmt.Errorf("nodeagent: %w", err)
+			}
 		}
 		a.m.holding.WithLabelValues(g.name).Set(b2f(g.holding))
 		a.m.highestEpoch.WithLabelValues(g.name).Set(float64(g.highest))
@@ -826,6 +839,19 @@ func (a *Agent) Fence(ctx context.Context, req *vigilv1.AgentFenceRequest) (resp
 		return nil, err
 	}
 	defer unlock()
+	if unsafeNoFence {
+		// The vigil_unsafe_nofence build for checker tests: claim the
+		// fence and leave the VIP, the database and the command alone.
+		g.mu.Lock()
+		h := a.effectiveLocked(g, a.now())
+		g.mu.Unlock()
+		a.log.Error("UNSAFE BUILD: Fence answered confirmed without fencing (vigil_unsafe_nofence)",
+			"group", g.name, "epoch", req.GetEpoch(), "observer", req.GetObserver())
+		return &vigilv1.AgentFenceResponse{
+			Confirmed: true, Detail: "UNSAFE BUILD: fencing disabled (vigil_unsafe_nofence)", HighestEpoch: h,
+			TrafficFenced: true, DatabaseFenced: g.dbf != nil,
+		}, nil
+	}
 	g.mu.Lock()
 	g.grantUntil, g.startupGrace = time.Time{}, false
 	if !stale {

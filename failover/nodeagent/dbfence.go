@@ -511,6 +511,7 @@ func (f *postgresFence) InRecovery(ctx context.Context) (bool, error) {
 const (
 	triggerFence     = "fence"      // the observers' Fence RPC
 	triggerSelfFence = "self_fence" // lease quorum lost
+	triggerStartup   = "startup"    // agent started without the VIP
 )
 
 // Steps (the step label of vigil_agent_database_fence_failures_total).
@@ -549,8 +550,36 @@ func (a *Agent) setupDatabaseFence(g *group, cfg DatabaseFence, factory Database
 			"group", g.name, "database_fence", g.dbDesc)
 	}
 	a.m.dbFenced.WithLabelValues(g.name).Set(b2f(in))
-	for _, tr := range []string{triggerFence, triggerSelfFence} {
+	for _, tr := range []string{triggerFence, triggerSelfFence, triggerStartup} {
 		a.m.dbFences.WithLabelValues(g.name, tr)
+	}
+	return nil
+}
+
+// startupFence fails closed at start: without the VIP this agent cannot
+// vouch for the local database as the primary, so unless the database
+// answers as a standby it is fenced before the agent serves anything. A
+// host coming back from a power loss while another member was promoted
+// would otherwise serve writes to its local clients (its own address is
+// not in allow_from) until the observers noticed the rogue primary. The
+// recovery check lifts the fence once the database answers as a standby
+// (a rejoined old primary, or a standby that was still starting); the
+// leader's AddVIP lifts it on the primary.
+func (a *Agent) startupFence(g *group) error {
+	ctx, cancel := context.WithTimeout(a.ctx, g.dbTimeout)
+	in, err := g.dbf.InRecovery(ctx)
+	cancel()
+	if err == nil && in {
+		return nil
+	}
+	why := "it answers as a primary"
+	if err != nil {
+		why = "it does not answer (" + err.Error() + ")"
+	}
+	a.log.Warn("database fenced at start: the local database is not known to be a standby and this host holds no VIP; lifted by AddVIP or once it answers as a standby",
+		"group", g.name, "database", why, "database_fence", g.dbDesc)
+	if err := a.installDatabaseFence(g, triggerStartup); err != nil {
+		return fmt.Errorf("group %q: database fence at start: %w", g.name, err)
 	}
 	return nil
 }

@@ -239,7 +239,7 @@ func TestDatabaseFencePostgresInNetns(t *testing.T) {
 	cfg.Groups[0].DatabaseFence = &dfCfg
 	fake := nodeagenttest.New()
 	newAgent := func() *Agent {
-		a, err := New(cfg, nil, nil, WithAddrs(fake),
+		a, err := New(cfg, nil, nil, WithAddrs(fake), withoutStartupFence(),
 			WithDatabaseFencer(func(string, DatabaseFence) (DatabaseFencer, error) { return fence, nil }))
 		if err != nil {
 			t.Fatal(err)

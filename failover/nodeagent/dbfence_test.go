@@ -45,7 +45,7 @@ func newDBHarness(t *testing.T, mutate func(*Config), prep func(*nodeagenttest.D
 	}
 	var gotCfg DatabaseFence
 	before := *cfg.Groups[0].DatabaseFence
-	a, err := New(cfg, nil, h.reg, WithAddrs(h.fake), withClock(h.clock.now),
+	a, err := New(cfg, nil, h.reg, WithAddrs(h.fake), withClock(h.clock.now), withoutStartupFence(),
 		WithDatabaseFencer(func(group string, c DatabaseFence) (DatabaseFencer, error) {
 			if group != tGroup {
 				t.Errorf("database fence built for group %q", group)
@@ -458,7 +458,7 @@ func TestLoopFencesDatabaseWhenSupportExpires(t *testing.T) {
 	cfg := testConfig(t.TempDir(), nil)
 	cfg.LeaseTimeout = Duration(L)
 	withDBFence(cfg)
-	a, err := New(cfg, nil, nil, WithAddrs(nodeagenttest.New()),
+	a, err := New(cfg, nil, nil, WithAddrs(nodeagenttest.New()), withoutStartupFence(),
 		WithDatabaseFencer(func(string, DatabaseFence) (DatabaseFencer, error) { return db, nil }))
 	if err != nil {
 		t.Fatal(err)
@@ -506,5 +506,86 @@ func TestHigherEpochLeaseFencesDatabaseAtOnce(t *testing.T) {
 	}
 	if lines := markerLines(t, h.marker); len(lines) != 1 || lines[0] != "self_fence group=pg-main epoch=5 member=db1" {
 		t.Fatalf("fence command: %q", lines)
+	}
+}
+
+// startAgentWith starts a real-loop agent on db with addrs (a fake
+// interface, maybe holding the VIP already).
+func startAgentWith(t *testing.T, db *nodeagenttest.DatabaseFence, addrs *nodeagenttest.Addrs) (*Agent, *harness) {
+	t.Helper()
+	cfg := testConfig(t.TempDir(), nil)
+	cfg.LeaseTimeout = Duration(200 * time.Millisecond)
+	withDBFence(cfg)
+	reg := prometheus.NewRegistry()
+	a, err := New(cfg, nil, reg, WithAddrs(addrs),
+		WithDatabaseFencer(func(string, DatabaseFence) (DatabaseFencer, error) { return db, nil }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Start()
+	t.Cleanup(a.Close)
+	return a, &harness{a: a, reg: reg}
+}
+
+// TestStartupFenceOnReturningPrimary: an agent that starts without the
+// VIP next to a database answering as a primary (a host back from a power
+// loss, maybe after another member was promoted) fences it before it
+// serves anything, keeps it fenced while the database stays a primary,
+// and the leader's AddVIP lifts it.
+func TestStartupFenceOnReturningPrimary(t *testing.T) {
+	db := nodeagenttest.NewDatabaseFence(tDBDesc)
+	a, h := startAgentWith(t, db, nodeagenttest.New())
+	if !db.IsInstalled() {
+		t.Fatal("a database answering as a primary, no VIP: not fenced at start")
+	}
+	if v := h.metric(t, "vigil_agent_database_fences_total", map[string]string{"group": tGroup, "trigger": "startup"}); v != 1 {
+		t.Errorf("startup fences counted %v, want 1", v)
+	}
+	// Several recovery checks later it is still a primary: still fenced.
+	waitFor(t, 5*time.Second, "recovery checks", func() bool { return db.Calls("InRecovery") >= 3 })
+	if !db.IsInstalled() {
+		t.Fatal("the fence of a database still answering as a primary was lifted")
+	}
+	if _, err := a.AddVIP(context.Background(), &vigilv1.VIPRequest{Group: tGroup, Epoch: 1, Observer: "obs1"}); err != nil {
+		t.Fatalf("AddVIP: %v", err)
+	}
+	if db.IsInstalled() {
+		t.Fatal("AddVIP left the startup fence in force")
+	}
+}
+
+// TestStartupFenceUnreachableDatabaseLiftedAsStandby: a database that
+// does not answer at start (PostgreSQL still starting) is fenced; once it
+// answers as a standby the recovery check lifts the fence.
+func TestStartupFenceUnreachableDatabaseLiftedAsStandby(t *testing.T) {
+	db := nodeagenttest.NewDatabaseFence(tDBDesc)
+	db.Fail("InRecovery", errors.New("connection refused"))
+	startAgentWith(t, db, nodeagenttest.New())
+	if !db.IsInstalled() {
+		t.Fatal("an unreachable database, no VIP: not fenced at start")
+	}
+	db.Fail("InRecovery", nil)
+	db.SetInRecovery(true)
+	waitFor(t, 5*time.Second, "the recovery check lifts the startup fence", func() bool { return !db.IsInstalled() })
+}
+
+// TestNoStartupFenceOnStandbyOrWithVIP: a standby's database is never
+// fenced at start (its readers keep their replica), nor is a primary
+// whose VIP is already on the interface (the agent was restarted on the
+// primary: the startup grace keeps it, leases take over).
+func TestNoStartupFenceOnStandbyOrWithVIP(t *testing.T) {
+	db := nodeagenttest.NewDatabaseFence(tDBDesc)
+	db.SetInRecovery(true)
+	startAgentWith(t, db, nodeagenttest.New())
+	if db.Calls("Install") != 0 {
+		t.Fatal("a standby's database was fenced at start")
+	}
+
+	db2 := nodeagenttest.NewDatabaseFence(tDBDesc)
+	addrs := nodeagenttest.New()
+	addrs.Set(tIface, tVIP, true)
+	startAgentWith(t, db2, addrs)
+	if db2.Calls("Install") != 0 {
+		t.Fatal("the primary's database (VIP already here) was fenced at start")
 	}
 }

@@ -77,6 +77,17 @@ func (a *Agent) reconcileLocked(g *group, why string) {
 		g.mu.Unlock()
 		return
 	}
+	if unsafeNoFence {
+		// The vigil_unsafe_nofence build for checker tests: keep the VIP
+		// and the database open without leases, so split-brain can happen.
+		if g.leasedPrimary {
+			a.log.Error("UNSAFE BUILD: lease quorum lost but not self-fencing (vigil_unsafe_nofence)",
+				"group", g.name, "member", g.member, "observers", supporters, "holding_vip", g.holding, "trigger", why)
+		}
+		g.leasedPrimary = false
+		g.mu.Unlock()
+		return
+	}
 	if (g.holding || g.leasedPrimary) && !g.pendingFence {
 		g.pendingFence = true
 		g.leasedPrimary = false

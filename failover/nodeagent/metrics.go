@@ -61,7 +61,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "vigil_agent_database_fenced", Help: "1 while the agent's database fence of the group is in force (the database port cut off except for allow_from and loopback).",
 		}, []string{"group"}),
 		dbFences: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "vigil_agent_database_fences_total", Help: "Database fences installed and verified, by trigger (fence: the observers' Fence; self_fence: lease quorum lost).",
+			Name: "vigil_agent_database_fences_total", Help: "Database fences installed and verified, by trigger (fence: the observers' Fence; self_fence: lease quorum lost; startup: the agent started without the VIP next to a database not known to be a standby).",
 		}, []string{"group", "trigger"}),
 		dbFenceFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vigil_agent_database_fence_failures_total", Help: "Failed database fence steps, by step (install, sessions, read_only, unfence, reset_read_only).",

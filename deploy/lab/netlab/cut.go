@@ -33,27 +33,21 @@ func AvailableCutMethods() []string {
 // drops what it receives from the other. Packets already in flight are
 // lost, connections stall, new ones time out. Cutting a cut pair again does
 // nothing. Like the other methods that fail the test, call it from the
-// test's goroutine.
+// test's goroutine; CutErr is the same, returning the error instead.
 func (l *Lab) Cut(a, b string) {
 	l.t.Helper()
-	ha, hb := l.mustHost(a), l.mustHost(b)
-	if a == b {
-		l.t.Fatalf("netlab: Cut(%s, %s): a host cannot be cut from itself", a, b)
+	if err := l.CutErr(a, b); err != nil {
+		l.t.Fatal(err)
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.mustDrop(ha, hb.IP, true)
-	l.mustDrop(hb, ha.IP, true)
 }
 
 // Heal undoes Cut(a, b). Healing a pair that is not cut does nothing.
+// HealErr is the same, returning the error instead of failing the test.
 func (l *Lab) Heal(a, b string) {
 	l.t.Helper()
-	ha, hb := l.mustHost(a), l.mustHost(b)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.mustDrop(ha, hb.IP, false)
-	l.mustDrop(hb, ha.IP, false)
+	if err := l.HealErr(a, b); err != nil {
+		l.t.Fatal(err)
+	}
 }
 
 // CutAll isolates host from every other host of the lab (as Cut) and from

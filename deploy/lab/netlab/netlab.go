@@ -92,6 +92,7 @@ type Lab struct {
 	mu       sync.Mutex
 	dropping map[string]map[string]bool // host -> source IPs it drops
 	prepared map[string]string          // host -> cut method set up in its namespace
+	loss     map[string]int             // host -> percent of received packets dropped (SetLoss)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -180,7 +181,9 @@ func New(t testing.TB, prefix string, hosts []string) *Lab {
 
 // Create builds a lab outside a test (the demo uses it); the caller must
 // Close it. On error nothing is left behind. Cut, Heal and the other
-// helpers that fail a test are only for labs made by New.
+// helpers that fail a test are only for labs made by New; CutErr, HealErr,
+// Block, Unblock and SetLoss return errors instead and work on any lab,
+// from any goroutine.
 func Create(prefix string, hosts []string) (_ *Lab, err error) {
 	if err := Available(); err != nil {
 		return nil, err
@@ -434,6 +437,12 @@ func (l *Lab) close() error {
 	for _, ino := range inodes {
 		killNetns(ino)
 	}
+	// Cuts and packet loss lived in the namespaces' firewalls, gone with
+	// them: forget them so that Cuts and Loss report nothing.
+	l.mu.Lock()
+	clear(l.dropping)
+	clear(l.loss)
+	l.mu.Unlock()
 	if l.Gateway != "" {
 		subnetMu.Lock()
 		y, _ := strconv.Atoi(strings.Split(l.Gateway, ".")[2])
