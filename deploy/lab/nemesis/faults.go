@@ -21,7 +21,7 @@ var AllKinds = []string{
 	KindKillPostgres, KindKillHost, KindHangPrimary, KindPartitionPrimary,
 	KindPartitionOne, KindPartitionOneWay, KindSplitLeaderAlone, KindSplitLeaderMajor,
 	KindKillLeader, KindKillLeaderMidFail, KindKillAgent, KindStallDisk,
-	KindFlapPrimary, KindPauseReplay, KindPacketLoss, KindSwitchover,
+	KindFlapPrimary, KindPauseReplay, KindPacketLoss, KindSwitchover, KindRestartObservers,
 }
 
 // justifies says which kinds make the primary unusable for a quorum of
@@ -330,6 +330,25 @@ func (n *nemesis) inject(ctx context.Context, f Planned) {
 		err = l.KillObserver(leader)
 		heal = func() string { return errString(l.StartObserver(leader)) }
 		n.finishHeld(ctx, i, f, "", err, heal)
+		return
+	case KindRestartObservers:
+		// All at once: the state must come back from Raft's disk and
+		// nothing may move while the observers relearn health (the
+		// standbys are all reachable, so a spurious failover could).
+		fault.Target = "observers"
+		holdMember = ""
+		i := n.record(fault)
+		for _, o := range l.Observers {
+			err = firstErr(err, l.KillObserver(o))
+		}
+		heal = func() string {
+			var herr error
+			for _, o := range l.Observers {
+				herr = firstErr(herr, l.StartObserver(o))
+			}
+			return errString(herr)
+		}
+		n.finishHeld(ctx, i, f, holdMember, err, heal)
 		return
 	case KindKillLeaderMidFail:
 		n.killLeaderMidFailover(ctx, f, prim, fault)

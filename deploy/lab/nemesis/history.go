@@ -172,4 +172,5 @@ const (
 	KindPacketLoss        = "packet-loss"              // random loss on the observers' links
 	KindClockOffset       = "clock-offset"             // one observer's clock shifted (whole run)
 	KindSwitchover        = "switchover"               // a planned switchover to a random standby
+	KindRestartObservers  = "restart-observers"        // kill -9 every observer, restart them all
 )

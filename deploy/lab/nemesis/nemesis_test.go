@@ -134,12 +134,18 @@ func verdictLines(rep Report) string {
 
 // TestNemesisFixedSeeds replays a few fixed seeds on the real lab (every
 // process on its own host) and requires the checker to find nothing.
+// VIGIL_NEMESIS_SEEDS replaces the seeds; VIGIL_NEMESIS_KINDS (comma
+// separated) limits the fault kinds drawn.
 func TestNemesisFixedSeeds(t *testing.T) {
 	requireLab(t)
 	vigil := buildVigil(t, "hashicorpmetrics")
 	for _, seed := range seedsFromEnv(t, ciSeeds) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
-			_, rep := runSeed(t, vigil, RunConfig{Seed: seed, Length: 25 * time.Second, Sync: -1})
+			var kinds []string
+			if v := os.Getenv("VIGIL_NEMESIS_KINDS"); v != "" {
+				kinds = strings.Split(v, ",")
+			}
+			_, rep := runSeed(t, vigil, RunConfig{Seed: seed, Length: 25 * time.Second, Sync: -1, Kinds: kinds})
 			if !rep.OK() {
 				t.Errorf("seed %d: violations (rerun: VIGIL_NEMESIS_SEEDS=%d go test -tags hashicorpmetrics -run TestNemesisFixedSeeds ./deploy/lab/nemesis/):\n%s", seed, seed, verdictLines(rep))
 			}
