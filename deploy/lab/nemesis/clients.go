@@ -38,6 +38,9 @@ type recorder struct {
 	samples   []Sample
 	failovers map[uint64]*Failover
 	group     *vigilv1.Group // the newest group state read
+	// base is the epoch the run started at: failovers up to it belong to
+	// earlier runs on the same lab.
+	base uint64
 }
 
 func newRecorder() *recorder { return &recorder{failovers: map[uint64]*Failover{}} }
@@ -377,6 +380,9 @@ func (r *recorder) noteGroup(g *vigilv1.Group, now time.Time) {
 		all = append(all, a)
 	}
 	for _, f := range all {
+		if f.GetEpoch() <= r.base {
+			continue
+		}
 		cur, ok := r.failovers[f.GetEpoch()]
 		if !ok {
 			cur = &Failover{Epoch: f.GetEpoch(), SeenAt: now}

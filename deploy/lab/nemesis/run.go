@@ -98,6 +98,7 @@ func RunOn(ctx context.Context, l *Lab, cfg RunConfig) (*History, error) {
 	if err != nil {
 		return nil, err
 	}
+	rec.base = r.GetGroup().GetEpoch()
 	rec.noteGroup(r.GetGroup(), time.Now())
 	h.InitialPrimary, h.InitialEpoch = r.GetGroup().GetPrimary(), r.GetGroup().GetEpoch()
 	if err := prepareTables(ctx, l, h.InitialPrimary, table); err != nil {
