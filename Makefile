@@ -9,7 +9,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GOBIN_DIR := $(shell $(GO) env GOPATH)/bin
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build test soak fuzz proto proto-tools lint bench demo demo-cluster clean
+.PHONY: all build test soak bench-matrix fuzz proto proto-tools lint bench demo demo-cluster clean
 
 all: lint build
 
@@ -42,6 +42,17 @@ soak:
 	VIGIL_SOAK_RUNS=$(SOAK_RUNS) VIGIL_SOAK_SEED=$(SOAK_SEED) VIGIL_SOAK_LENGTH=$(SOAK_LENGTH) \
 	VIGIL_SOAK_DOC=$(CURDIR)/docs/RELIABILITY.md \
 	$(GO) test $(GOFLAGS_BUILD) -count=1 -timeout 0 -run '^TestSoak$$' -v ./deploy/lab/nemesis/
+
+## bench-matrix: the failure-mode matrix (crash, host death, hung primary,
+## partition, one-way partition, stalled disk × 500ms/2s and 200ms/1s ×
+## async and sync; VIP and HAProxy paths measured in each run),
+## BENCH_RUNS runs a cell, written into docs/BENCHMARKS.md. Root only.
+BENCH_RUNS ?= 10
+bench-matrix:
+	bash deploy/lab/install-deps.sh
+	VIGIL_REQUIRE_TOOLS=1 VIGIL_REQUIRE_PG=1 VIGIL_REQUIRE_NETNS=1 \
+	VIGIL_BENCH_MATRIX=1 VIGIL_BENCH_RUNS=$(BENCH_RUNS) VIGIL_BENCH_DOC=$(CURDIR)/docs/BENCHMARKS.md \
+	$(GO) test $(GOFLAGS_BUILD) -count=1 -timeout 0 -run '^TestBenchMatrix$$' -v ./deploy/lab/nemesis/
 
 proto-tools:
 	@command -v protoc >/dev/null || { echo "protoc missing: apt-get install -y protobuf-compiler libprotobuf-dev" >&2; exit 1; }

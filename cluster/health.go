@@ -42,7 +42,7 @@ func healthPlans(cfg *config.Config, groups []*vigilv1.Group) []health.GroupPlan
 				addr = m.GetAddress()
 			}
 			mp := health.MemberPlan{Name: m.GetName(), Interval: local.Probe.Interval.D(), Timeout: local.Probe.Timeout.D()}
-			mp.ProberKey, mp.NewProber = proberFor(local, addr)
+			mp.ProberKey, mp.NewProber = proberFor(local, addr, cfg.NodeID)
 			plan.Members = append(plan.Members, mp)
 		}
 		plans = append(plans, plan)
@@ -51,7 +51,8 @@ func healthPlans(cfg *config.Config, groups []*vigilv1.Group) []health.GroupPlan
 }
 
 // proberFor returns a key identifying the probe settings and a constructor.
-func proberFor(g config.Group, addr string) (string, func() health.Prober) {
+// self is this observer's node id: its row in the heartbeat table.
+func proberFor(g config.Group, addr, self string) (string, func() health.Prober) {
 	timeout := g.Probe.Timeout.D()
 	switch g.Probe.Type {
 	case config.ProbeHTTP:
@@ -66,7 +67,10 @@ func proberFor(g config.Group, addr string) (string, func() health.Prober) {
 		}
 	case config.ProbePostgres:
 		pg := g.Probe.Postgres
-		key := fmt.Sprintf("postgres|%s|%s|%s|%s|%s|%s", addr, pg.User, pg.Database, pg.SSLMode, pg.PasswordFile, timeout)
+		// The stall setting is part of the key: changing it rebuilds the
+		// prober, which also starts its write tracking afresh.
+		stall := g.WriteStallAfter.D()
+		key := fmt.Sprintf("postgres|%s|%s|%s|%s|%s|%s|%s", addr, pg.User, pg.Database, pg.SSLMode, pg.PasswordFile, timeout, stall)
 		return key, func() health.Prober {
 			// Read when the prober is built, not at config load, so a
 			// rotated password is picked up when the probe restarts. The
@@ -77,7 +81,8 @@ func proberFor(g config.Group, addr string) (string, func() health.Prober) {
 				slog.Error("probe password unreadable; probing without it", "group", g.Name, "member", addr, "err", err)
 			}
 			return health.NewPostgresProbe(health.PostgresProbeConfig{Address: addr, User: pg.User, Database: pg.Database,
-				Password: password, SSLMode: pg.SSLMode, Timeout: timeout, ApplicationName: "vigil-health"})
+				Password: password, SSLMode: pg.SSLMode, Timeout: timeout, ApplicationName: "vigil-health",
+				WriteStallAfter: stall, HeartbeatID: self})
 		}
 	default:
 		key := fmt.Sprintf("tcp|%s|%s", addr, timeout)

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -177,10 +178,20 @@ func New(opts Options) (o *Observer, err error) {
 		ids = append(ids, ob.ID)
 	}
 	signer, verifier, learnVoteKeys := o.voteAuth()
+	// The controller is built after the monitor (it reads it), and votes
+	// may arrive before: until it exists a change wakes nothing.
+	var control atomic.Pointer[failover.Controller]
 	o.monitor, err = health.NewMonitor(health.MonitorConfig{
 		Self: cfg.NodeID, Observers: ids, Quorum: cfg.QuorumSize(), Send: o.gossip.SendToPeers,
 		Logger: logger.With("component", "health"), Registerer: reg, Now: now,
 		Signer: signer, Verifier: verifier,
+		// A changed verdict reaches the failover controller at once, not
+		// at its next tick.
+		OnChange: func(group string) {
+			if c := control.Load(); c != nil {
+				c.Wake(group)
+			}
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start observer: %w", err)
@@ -200,6 +211,7 @@ func New(opts Options) (o *Observer, err error) {
 		Logger:    logger.With("component", "failover"), Metrics: failover.NewMetrics(reg), Now: now,
 		AfterStep: opts.AfterFailoverStep, Seen: o.seen, AgentSelfFenced: o.agentSelfFenced,
 	})
+	control.Store(o.control)
 	o.leaderWork = append(o.leaderWork, o.control.Run)
 
 	var peerCreds credentials.TransportCredentials

@@ -131,7 +131,9 @@ type Options struct {
 	Logger    *slog.Logger
 	Metrics   *Metrics
 	Now       func() time.Time
-	// Tick is how often groups are examined (default 100ms).
+	// Tick is how often groups are examined (default 100ms). It is a
+	// safety net: Wake, and a timer at the moment a primary's down streak
+	// turns into ODOWN, examine them at once.
 	Tick time.Duration
 	// Seen, when set, adds this observer's own monotonic view to the
 	// cooldown and back-off deadlines written in the state.
@@ -166,6 +168,11 @@ type Controller struct {
 	judged    map[string]time.Time // last eligibility refresh per group
 	runCtx    context.Context      // the current leadership's context
 	wg        *sync.WaitGroup
+	// wake (buffered 1) asks Run to examine the groups in woken (all of
+	// them with wakeAll) now: see Wake.
+	wake    chan struct{}
+	woken   map[string]bool
+	wakeAll bool
 }
 
 // NewController returns a controller; Run starts it.
@@ -185,11 +192,50 @@ func NewController(opt Options) *Controller {
 	if opt.RerouteRetry <= 0 {
 		opt.RerouteRetry = 500 * time.Millisecond
 	}
-	return &Controller{opt: opt, log: opt.Logger, running: map[string]bool{}, status: map[string]string{}, refence: map[string]time.Time{}, refencing: map[string]bool{}, rogueNote: map[string]string{}, ensured: map[string]time.Time{}, judged: map[string]time.Time{}}
+	return &Controller{opt: opt, log: opt.Logger, running: map[string]bool{}, status: map[string]string{}, refence: map[string]time.Time{}, refencing: map[string]bool{}, rogueNote: map[string]string{}, ensured: map[string]time.Time{}, judged: map[string]time.Time{},
+		wake: make(chan struct{}, 1), woken: map[string]bool{}}
 }
 
-// Run examines every group each tick until ctx (the leadership) ends, and
-// waits for the failovers it started to stop.
+// Wake makes Run examine the named groups (every group when none is
+// named) now rather than at its next tick: the health monitor calls it
+// when a vote changes what it thinks of a member, so that a failover
+// starts the moment a primary is ODOWN instead of up to one tick later.
+// It never blocks; wakes that arrive while one is pending are merged, and
+// a wake while Run is not running (this observer is not the leader) only
+// makes the next Run look once more at once.
+func (c *Controller) Wake(groups ...string) {
+	c.mu.Lock()
+	if len(groups) == 0 {
+		c.wakeAll = true
+	}
+	for _, g := range groups {
+		c.woken[g] = true
+	}
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// takeWoken returns the groups woken since the last call (all: every
+// group) and forgets them.
+func (c *Controller) takeWoken() (groups []string, all bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	all = c.wakeAll
+	for g := range c.woken {
+		groups = append(groups, g)
+	}
+	c.wakeAll = false
+	clear(c.woken)
+	return groups, all
+}
+
+// Run examines every group each tick, the woken ones on every Wake, and a
+// group at the moment its primary's down streak becomes ODOWN
+// (odownDue), until ctx (the leadership) ends, and waits for the
+// failovers it started to stop.
 func (c *Controller) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	c.mu.Lock()
@@ -203,16 +249,98 @@ func (c *Controller) Run(ctx context.Context) {
 	}()
 	t := time.NewTicker(c.opt.Tick)
 	defer t.Stop()
+	// due fires when the earliest primary on its way to ODOWN gets there:
+	// ODOWN also becomes true by time passing, with no vote (so no Wake)
+	// at that moment, and the tick would add up to one period to it.
+	due := time.NewTimer(time.Hour)
+	due.Stop()
+	defer due.Stop()
+	dueAt := map[string]time.Time{} // per group, see odownDue
+	all := true
+	var some []string
 	for {
-		for _, g := range c.opt.State.Groups() {
-			c.consider(ctx, g)
+		if all {
+			clear(dueAt)
+			for _, g := range c.opt.State.Groups() {
+				c.examine(ctx, g, dueAt)
+			}
+		} else {
+			// A wake names a few groups: with many groups, examining
+			// all of them on every vote that changes would be wasted.
+			for _, name := range some {
+				if g, ok := c.opt.State.Group(name); ok {
+					c.examine(ctx, g, dueAt)
+				} else {
+					delete(dueAt, name)
+				}
+			}
+		}
+		var next time.Time
+		for _, at := range dueAt {
+			if next.IsZero() || at.Before(next) {
+				next = at
+			}
+		}
+		// Since Go 1.23 Stop and Reset leave no stale tick in due.C.
+		due.Stop()
+		if !next.IsZero() {
+			due.Reset(next.Sub(c.opt.Now()))
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			all = true
+		case <-c.wake:
+			some, all = c.takeWoken()
+		case <-due.C:
+			all, some = false, nil
+			now := c.opt.Now()
+			for name, at := range dueAt {
+				if !at.After(now) {
+					some = append(some, name)
+				}
+			}
 		}
 	}
+}
+
+// examine considers g and records in dueAt when its primary becomes
+// ODOWN by time alone (nothing when it does not).
+func (c *Controller) examine(ctx context.Context, g *vigilv1.Group, dueAt map[string]time.Time) {
+	c.consider(ctx, g)
+	name := g.GetSpec().GetName()
+	if at := c.odownDue(g); !at.IsZero() {
+		dueAt[name] = at
+	} else {
+		delete(dueAt, name)
+	}
+}
+
+// odownDue returns when the group's primary becomes ODOWN if the quorum
+// of down votes it has now holds on (its down streak's start plus the
+// group's down_after), or zero when it is not on its way there, is there
+// already, or the moment has passed (the monitor's own re-evaluation at
+// that moment wakes the controller then).
+func (c *Controller) odownDue(g *vigilv1.Group) time.Time {
+	if g.GetActiveFailover() != nil {
+		return time.Time{}
+	}
+	name, primary := g.GetSpec().GetName(), g.GetPrimary()
+	for _, h := range c.opt.Health.Health(name) {
+		if h.GetMember() != primary {
+			continue
+		}
+		if h.GetOdown() || h.GetDownSince() == nil || h.GetQuorum() <= 0 || h.GetDownVotes() < h.GetQuorum() {
+			return time.Time{}
+		}
+		at := h.GetDownSince().AsTime().Add(time.Duration(g.GetSpec().GetDownAfterMs()) * time.Millisecond)
+		if !at.After(c.opt.Now()) {
+			return time.Time{}
+		}
+		return at
+	}
+	return time.Time{}
 }
 
 // Status returns why the controller is not failing a group over (empty

@@ -39,6 +39,10 @@ const (
 	KindProtocol ErrorKind = "protocol"
 	// KindOther: anything else.
 	KindOther ErrorKind = "other"
+	// KindWriteStalled: a PostgreSQL primary still answers reads but its
+	// heartbeat writes have not completed for write_stall_after (e.g. a
+	// frozen or hung disk).
+	KindWriteStalled ErrorKind = "write_stalled"
 )
 
 // ClassifyError maps an error from dialing, TLS, HTTP or pgx to a kind.

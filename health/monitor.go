@@ -35,9 +35,13 @@ type MonitorConfig struct {
 	// Send delivers one packet to every other observer (gossip). It must
 	// not block for long.
 	Send func(packet []byte)
-	// FlushInterval is how often changed own votes are sent (default 100ms).
+	// FlushInterval is how often refreshed own votes are sent (default
+	// 100ms); one that changes a verdict or role is sent at once.
 	FlushInterval time.Duration
-	// EvalInterval is how often every member is re-aggregated (default 100ms).
+	// EvalInterval is how often every member is re-aggregated (default
+	// 100ms); a group is also re-aggregated at once on a vote that changes
+	// something, and every member at the moment a down streak becomes
+	// ODOWN.
 	EvalInterval time.Duration
 	Logger       *slog.Logger
 	Registerer   prometheus.Registerer
@@ -49,6 +53,18 @@ type MonitorConfig struct {
 	// the gossip key can vote in any observer's name.
 	Signer   BatchSigner
 	Verifier BatchVerifier
+	// OnChange, when set, is called with a group's name as soon as what
+	// this observer concludes about one of its members may have moved: a
+	// vote (own probe or gossip) that changes a member's verdict, role or
+	// read-only flag, or counts again after its predecessor went stale
+	// (the group is re-evaluated at once, before the call), and an
+	// evaluation that changes a member's aggregate (ODOWN reached by
+	// down_after elapsing, which the monitor evaluates at that very
+	// moment; votes going stale). An identical refresh of a vote does not
+	// call it. It runs on the goroutine that took the vote or evaluated,
+	// without the monitor's lock held, and must not block: the failover
+	// controller's Wake.
+	OnChange func(group string)
 }
 
 // MaxSequenceLead is how far ahead of the receiver's clock a sequence
@@ -121,6 +137,19 @@ type Monitor struct {
 	// primaries remembers, per group, the last primary seen up and how far
 	// its WAL went: after it dies, standbys' lag is measured against it.
 	primaries map[string]PrimaryMemo
+	// odownAt is the earliest moment a member's current down streak
+	// becomes ODOWN if it holds (zero: none on its way); rearm tells the
+	// evaluation loop it moved, so that it evaluates at that moment.
+	odownAt time.Time
+
+	// evalMu serialises evaluations with their publication: they run on
+	// the evaluation loop and on the goroutines that take a vote that
+	// changes something, and subscribers must see changes in order.
+	evalMu sync.Mutex
+	// rearm and flushNow (buffered 1, never closed) wake the evaluation
+	// loop (odownAt moved) and the flush loop (an own vote changed: the
+	// other observers should know now, not at the next flush interval).
+	rearm, flushNow chan struct{}
 }
 
 // PrimaryMemo is what was last seen of a group's primary while it was up.
@@ -178,6 +207,7 @@ func NewMonitor(cfg MonitorConfig) (*Monitor, error) {
 		plans: map[string]GroupPlan{}, probers: map[memberKey]proberEntry{}, evals: map[memberKey]*memberEval{},
 		dirty: map[memberKey]Vote{}, ownRes: map[memberKey]Result{}, subs: map[int]chan Change{},
 		primaries: map[string]PrimaryMemo{}, marks: map[string]seqMark{},
+		rearm: make(chan struct{}, 1), flushNow: make(chan struct{}, 1),
 	}
 	var err error
 	if m.m, err = newMonitorMetrics(cfg.Registerer); err != nil {
@@ -237,23 +267,73 @@ func (m *Monitor) SetGroups(plans []GroupPlan) error {
 	return nil
 }
 
-// observe turns a local probe result into this observer's vote.
+// observe turns a local probe result into this observer's vote. A vote
+// that changes something is sent at once and re-evaluated at once.
 func (m *Monitor) observe(t Target, r Result) {
 	m.m.observeProbe(t.Group, t.Member, r)
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	k := memberKey{t.Group, t.Member}
 	if _, ok := m.probers[k]; !ok {
+		m.mu.Unlock()
 		return // removed meanwhile
 	}
 	v := VoteFromResult(m.cfg.Self, t.Group, t.Member, r, m.nextSeqLocked())
-	m.book.Put(v)
+	stored, prev, had := m.book.swap(v)
+	changed := stored && m.changesLocked(prev, had, v)
 	m.dirty[k] = v
 	m.ownRes[k] = r
 	if r.Verdict == VerdictUp && r.Role == RolePrimary {
 		memo := m.notePrimaryLocked(v)
 		memo.SyncStandbys = append([]string(nil), r.SyncStandbys...)
 		m.primaries[t.Group] = memo
+	}
+	m.mu.Unlock()
+	if changed {
+		signal(m.flushNow)
+		m.votesChanged([]string{t.Group})
+	}
+}
+
+// changesLocked reports whether v, stored in place of prev (had: there
+// was one), may change what the aggregation concludes about its member:
+// it is the first, it has another verdict, role or read-only flag, or it
+// counts again after prev went stale. A vote for a group without a plan
+// changes nothing. m.mu must be held.
+func (m *Monitor) changesLocked(prev Vote, had bool, v Vote) bool {
+	g, ok := m.plans[v.Group]
+	switch {
+	case !ok:
+		return false
+	case !had || prev.Verdict != v.Verdict || prev.Role != v.Role || prev.ReadOnly != v.ReadOnly:
+		return true
+	}
+	return !fresh(prev.ObservedAt, m.now(), g.StaleAfter)
+}
+
+// votesChanged re-evaluates the groups now and calls OnChange for them:
+// a verdict that a vote just changed must not wait for the next
+// evaluation interval to reach the failover controller.
+func (m *Monitor) votesChanged(groups []string) {
+	m.evaluateGroups(groups)
+	m.notify(groups)
+}
+
+// notify calls OnChange for each group (no lock held).
+func (m *Monitor) notify(groups []string) {
+	if m.cfg.OnChange == nil {
+		return
+	}
+	for _, g := range groups {
+		m.cfg.OnChange(g)
+	}
+}
+
+// signal wakes the loop reading ch without blocking: one pending wake is
+// as good as several.
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
 	}
 }
 
@@ -332,17 +412,24 @@ func (m *Monitor) Receive(packet []byte) {
 		return
 	}
 	m.m.packetsReceived.Inc()
+	var changed []string
 	for _, v := range p.Votes {
-		if m.book.Put(v) {
+		if stored, prev, had := m.book.swap(v); stored {
 			m.m.votesReceived.Inc()
+			m.mu.Lock()
 			if v.Verdict == VerdictUp && v.Role == RolePrimary {
-				m.mu.Lock()
 				m.notePrimaryLocked(v)
-				m.mu.Unlock()
 			}
+			if m.changesLocked(prev, had, v) && !slices.Contains(changed, v.Group) {
+				changed = append(changed, v.Group)
+			}
+			m.mu.Unlock()
 		} else {
 			m.m.dropped.WithLabelValues("stale_sequence").Inc()
 		}
+	}
+	if len(changed) > 0 {
+		m.votesChanged(changed)
 	}
 }
 
@@ -424,8 +511,8 @@ func (m *Monitor) Forget(observer string) {
 func (m *Monitor) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); m.every(ctx, m.cfg.FlushInterval, m.flush) }()
-	go func() { defer wg.Done(); m.every(ctx, m.cfg.EvalInterval, m.evaluate) }()
+	go func() { defer wg.Done(); m.flushLoop(ctx) }()
+	go func() { defer wg.Done(); m.evalLoop(ctx) }()
 	err := m.runner.Run(ctx)
 	wg.Wait()
 	if errors.Is(err, context.Canceled) {
@@ -434,15 +521,49 @@ func (m *Monitor) Run(ctx context.Context) error {
 	return err
 }
 
-func (m *Monitor) every(ctx context.Context, d time.Duration, f func()) {
-	t := time.NewTicker(d)
+// flushLoop sends changed own votes every flush interval, and at once
+// when an own vote changed verdict or role (flushNow).
+func (m *Monitor) flushLoop(ctx context.Context) {
+	t := time.NewTicker(m.cfg.FlushInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			f()
+		case <-m.flushNow:
+		}
+		m.flush()
+	}
+}
+
+// evalLoop evaluates every member each evaluation interval, and at the
+// moment a down streak becomes ODOWN (odownAt): ODOWN also comes by time
+// passing, with no vote to trigger an evaluation, and waiting for the
+// next interval would add up to one interval to every failover.
+func (m *Monitor) evalLoop(ctx context.Context) {
+	t := time.NewTicker(m.cfg.EvalInterval)
+	defer t.Stop()
+	due := time.NewTimer(time.Hour)
+	due.Stop()
+	defer due.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			m.evaluate()
+		case <-due.C:
+			m.evaluate()
+		case <-m.rearm:
+		}
+		m.mu.Lock()
+		at := m.odownAt
+		m.mu.Unlock()
+		// Since Go 1.23 Stop and Reset leave no stale tick in due.C.
+		due.Stop()
+		if !at.IsZero() {
+			due.Reset(at.Sub(m.now()))
 		}
 	}
 }
@@ -484,25 +605,38 @@ func (m *Monitor) flush() {
 	m.m.votesSent.Add(float64(len(votes)))
 }
 
-// evaluate aggregates every member and publishes state changes.
+// evaluate aggregates every member, publishes state changes and calls
+// OnChange for the groups where an aggregate moved.
 func (m *Monitor) evaluate() {
+	m.notify(m.evaluateGroups(nil))
+}
+
+// evaluateGroups aggregates the members of the given groups (every group
+// when nil), publishes state changes, and returns the groups in which a
+// member's aggregate moved (aggregateMoved).
+func (m *Monitor) evaluateGroups(only []string) (moved []string) {
+	m.evalMu.Lock()
+	defer m.evalMu.Unlock()
 	now := m.now()
 	m.mu.Lock()
 	var changes []Change
 	var rogue []*vigilv1.MemberHealth
 	for _, g := range m.plans {
+		if only != nil && !slices.Contains(only, g.Name) {
+			continue
+		}
 		params := m.paramsFor(g)
+		groupMoved := false
 		for _, mp := range g.Members {
 			k := memberKey{g.Name, mp.Name}
 			votes := m.book.Votes(g.Name, mp.Name)
 			ev := m.evals[k]
 			var prev MemberState
-			prevState, prevRogue := "", false
+			var prevHealth *vigilv1.MemberHealth
 			if ev != nil {
-				prev = ev.state
-				prevState = ev.health.GetState()
-				prevRogue = ev.health.GetRoguePrimary()
+				prev, prevHealth = ev.state, ev.health
 			}
+			prevState, prevRogue := prevHealth.GetState(), prevHealth.GetRoguePrimary()
 			st := Aggregate(m.cfg.Self, votes, params, prev, now)
 			h := m.memberHealth(g, mp.Name, st, votes, params, now)
 			m.evals[k] = &memberEval{state: st, health: h}
@@ -513,7 +647,15 @@ func (m *Monitor) evaluate() {
 			if h.GetRoguePrimary() != prevRogue {
 				rogue = append(rogue, h)
 			}
+			groupMoved = groupMoved || aggregateMoved(prevHealth, h)
 		}
+		if groupMoved {
+			moved = append(moved, g.Name)
+		}
+	}
+	if next := m.nextODownLocked(); !next.Equal(m.odownAt) {
+		m.odownAt = next
+		signal(m.rearm)
 	}
 	subs := make([]chan Change, 0, len(m.subs))
 	for _, ch := range m.subs {
@@ -542,6 +684,35 @@ func (m *Monitor) evaluate() {
 			}
 		}
 	}
+	return moved
+}
+
+// aggregateMoved reports whether a member's new aggregate h differs from
+// prev (nil: none yet) in something decisions are taken on: its state,
+// SDOWN, ODOWN, routability as the primary, rogue primary, the role this
+// observer sees.
+func aggregateMoved(prev, h *vigilv1.MemberHealth) bool {
+	return prev == nil || prev.GetState() != h.GetState() || prev.GetSdown() != h.GetSdown() || prev.GetOdown() != h.GetOdown() ||
+		prev.GetPrimaryQuorum() != h.GetPrimaryQuorum() || prev.GetRoguePrimary() != h.GetRoguePrimary() || prev.GetRoleSeen() != h.GetRoleSeen()
+}
+
+// nextODownLocked returns the earliest moment at which a member's current
+// down streak becomes ODOWN if it holds (DownSince + DownAfter), zero
+// when no member is on its way. m.mu must be held.
+func (m *Monitor) nextODownLocked() time.Time {
+	var next time.Time
+	for _, g := range m.plans {
+		for _, mp := range g.Members {
+			ev := m.evals[memberKey{g.Name, mp.Name}]
+			if ev == nil || ev.state.ODown || ev.state.DownSince.IsZero() {
+				continue
+			}
+			if at := ev.state.DownSince.Add(g.DownAfter); next.IsZero() || at.Before(next) {
+				next = at
+			}
+		}
+	}
+	return next
 }
 
 func (m *Monitor) memberHealth(g GroupPlan, member string, st MemberState, votes []Vote, p Params, now time.Time) *vigilv1.MemberHealth {

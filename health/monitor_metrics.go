@@ -22,6 +22,8 @@ type monitorMetrics struct {
 	odown           *prometheus.GaugeVec
 	downVotes       *prometheus.GaugeVec
 	roguePrimary    *prometheus.GaugeVec
+	heartbeatFails  *prometheus.CounterVec
+	writeStalled    *prometheus.GaugeVec
 	packetsSent     prometheus.Counter
 	votesSent       prometheus.Counter
 	packetsReceived prometheus.Counter
@@ -44,7 +46,7 @@ func newMonitorMetrics(reg prometheus.Registerer) (*monitorMetrics, error) {
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}, []string{"group"}),
 		probeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "vigil_probe_errors_total", Help: "Failed probes by this observer, by kind (timeout, refused, dns, tls, auth, status, protocol, other).",
+			Name: "vigil_probe_errors_total", Help: "Failed probes by this observer, by kind (timeout, refused, dns, tls, auth, status, protocol, other, write_stalled).",
 		}, []string{"group", "member", "kind"}),
 		lagBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "vigil_replication_lag_bytes", Help: "A standby's received-but-not-replayed WAL, as this observer last saw it.",
@@ -66,6 +68,12 @@ func newMonitorMetrics(reg prometheus.Registerer) (*monitorMetrics, error) {
 		}, gm),
 		roguePrimary: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "vigil_rogue_primary", Help: "1 while a fresh vote sees a member the replicated state expects to be a standby answer as a writable primary (it is fenced again and never routed), 0 otherwise.",
+		}, gm),
+		heartbeatFails: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_heartbeat_write_failures_total", Help: "Heartbeat writes (write_stall_after) by this observer to a primary that failed, by kind: timeout (and protocol) count toward a write stall, auth or other are answered errors such as missing privileges.",
+		}, []string{"group", "member", "kind"}),
+		writeStalled: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "vigil_write_stalled_seconds", Help: "How long this observer's heartbeat writes to a primary have been failing (0 while they commit); at the group's write_stall_after the primary is voted down.",
 		}, gm),
 		packetsSent:     prometheus.NewCounter(prometheus.CounterOpts{Name: "vigil_gossip_vote_packets_sent_total", Help: "Vote packets this observer sent to its peers (each packet counted once, not per peer)."}),
 		votesSent:       prometheus.NewCounter(prometheus.CounterOpts{Name: "vigil_gossip_votes_sent_total", Help: "Own votes sent by gossip."}),
@@ -89,7 +97,7 @@ func newMonitorMetrics(reg prometheus.Registerer) (*monitorMetrics, error) {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.probeDuration, m.probeErrors, m.lagBytes, m.lagSeconds, m.verdict, m.voteAge,
-		m.odown, m.downVotes, m.roguePrimary, m.packetsSent, m.votesSent, m.packetsReceived, m.votesReceived, m.dropped,
+		m.odown, m.downVotes, m.roguePrimary, m.heartbeatFails, m.writeStalled, m.packetsSent, m.votesSent, m.packetsReceived, m.votesReceived, m.dropped,
 		m.encodeErrors, m.authenticated, m.watchDropped} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register health metrics: %w", err)
@@ -110,6 +118,22 @@ func (m *monitorMetrics) observeProbe(group, member string, r Result) {
 	if r.Role == RoleStandby && r.Verdict == VerdictUp {
 		m.lagBytes.WithLabelValues(group, member).Set(float64(r.LagBytes))
 		m.lagSeconds.WithLabelValues(group, member).Set(r.LagSeconds)
+	}
+	switch hb := r.Heartbeat; {
+	case hb.Attempted:
+		if hb.Err != "" {
+			kind := string(hb.ErrKind)
+			if kind == "" {
+				kind = string(KindOther)
+			}
+			m.heartbeatFails.WithLabelValues(group, member, kind).Inc()
+		}
+		m.writeStalled.WithLabelValues(group, member).Set(hb.StalledFor.Seconds())
+	case r.Verdict == VerdictUp:
+		// Seen as a standby or read-only primary (or the check is off):
+		// nothing is stalling, and a demoted primary must not keep
+		// showing its last stall.
+		m.writeStalled.DeleteLabelValues(group, member)
 	}
 }
 
@@ -145,7 +169,7 @@ func (m *monitorMetrics) observeEval(h *vigilv1.MemberHealth, votes []Vote, p Pa
 }
 
 func (m *monitorMetrics) forgetMember(group, member string, observers []string) {
-	for _, vec := range []*prometheus.GaugeVec{m.lagBytes, m.lagSeconds, m.odown, m.downVotes, m.roguePrimary} {
+	for _, vec := range []*prometheus.GaugeVec{m.lagBytes, m.lagSeconds, m.odown, m.downVotes, m.roguePrimary, m.writeStalled} {
 		vec.DeleteLabelValues(group, member)
 	}
 	for _, o := range observers {

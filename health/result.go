@@ -111,6 +111,35 @@ type Result struct {
 	SyncStandbys []string
 	// Replicas are a primary's pg_stat_replication rows.
 	Replicas []ReplicaInfo
+
+	// Heartbeat is the outcome of the write-path check of a PostgreSQL
+	// primary (write_stall_after); zero when the probe made none.
+	Heartbeat HeartbeatResult
+}
+
+// HeartbeatResult is the outcome of one heartbeat write: a row committed
+// to vigil.heartbeat to prove that the primary's writes complete, which
+// the read queries cannot (a frozen file system still answers them).
+type HeartbeatResult struct {
+	// Attempted: the check is enabled and the member answered as a
+	// writable primary, so the probe tried to commit a heartbeat.
+	Attempted bool
+	// Err says why the write failed, "" when it committed; ErrKind
+	// classifies it.
+	Err     string
+	ErrKind ErrorKind
+	// Stalling: the failure counts toward a write stall (the write did
+	// not complete in time, or the server hung up or failed I/O during
+	// it), as opposed to an answered error such as missing privileges
+	// or a read-only transaction, which says nothing about the disk.
+	Stalling bool
+	// StalledFor is how long heartbeat writes have been failing as of
+	// this probe: since the last one that committed or, when none did
+	// since the member was last seen writable, since the first failed
+	// one began. Zero when this one committed. Once it reaches the
+	// configured write_stall_after, the Result is down with
+	// KindWriteStalled.
+	StalledFor time.Duration
 }
 
 // Prober checks one member. Probe must return promptly once ctx is done,

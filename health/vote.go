@@ -66,8 +66,16 @@ func NewVoteBook() *VoteBook {
 // than the stored one from the same observer for the same member is a
 // replay or arrived late, and is ignored. It reports whether v was stored.
 func (b *VoteBook) Put(v Vote) bool {
+	stored, _, _ := b.swap(v)
+	return stored
+}
+
+// swap is Put that also returns the vote v replaced (had: there was one),
+// read under the same lock, so that whether v changes anything is judged
+// against exactly what it replaced.
+func (b *VoteBook) swap(v Vote) (stored bool, prev Vote, had bool) {
 	if v.Observer == "" || v.Group == "" || v.Member == "" {
-		return false
+		return false, Vote{}, false
 	}
 	k := memberKey{v.Group, v.Member}
 	b.mu.Lock()
@@ -77,11 +85,12 @@ func (b *VoteBook) Put(v Vote) bool {
 		byObserver = map[string]Vote{}
 		b.votes[k] = byObserver
 	}
-	if old, ok := byObserver[v.Observer]; ok && old.Sequence >= v.Sequence {
-		return false
+	prev, had = byObserver[v.Observer]
+	if had && prev.Sequence >= v.Sequence {
+		return false, prev, had
 	}
 	byObserver[v.Observer] = v
-	return true
+	return true, prev, had
 }
 
 // Votes returns the stored votes about one member, sorted by observer.

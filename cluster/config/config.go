@@ -174,6 +174,15 @@ type Group struct {
 	// StaleAfter is how old an observer's vote may be and still count.
 	// Zero in the file means 3*Probe.Interval + Probe.Timeout.
 	StaleAfter Duration `yaml:"stale_after"`
+	// WriteStallAfter enables stalled-disk detection (postgres groups with
+	// the postgres probe only): every probe of a writable primary also
+	// commits a heartbeat row in vigil.heartbeat, and a primary whose
+	// heartbeat writes have been failing (timing out) for this long while
+	// it still answers reads is voted down, so that down_after and the
+	// usual failover follow. A frozen file system otherwise looks
+	// healthy: reads come from memory, only writes hang. Zero (the
+	// default) disables the check and the write.
+	WriteStallAfter Duration `yaml:"write_stall_after,omitempty"`
 	// Probe says how members are health-checked.
 	Probe Probe `yaml:"probe"`
 	// Members are the instances of the group, at least two.

@@ -411,6 +411,8 @@ func (g *Group) validate(v *validator, f string) {
 		v.add(f+".stale_after", g.StaleAfter, "must be >= probe.interval (%s)", interval)
 	}
 
+	g.validateWriteStall(v, f, intervalOK)
+
 	if len(g.Members) < minMembers {
 		v.add(f+".members", nil, "%d configured: need at least %d (a primary and a standby)", len(g.Members), minMembers)
 	}
@@ -452,6 +454,39 @@ func (g *Group) validate(v *validator, f string) {
 			ms[i] = m.Name
 		}
 		v.add(f+".primary", g.Primary, "not one of the members (%s)", strings.Join(ms, ", "))
+	}
+}
+
+// maxWriteStallAfter bounds write_stall_after: a primary whose writes
+// have hung for an hour is long past any point where waiting helps, and a
+// larger value is more likely a unit mistake ("90m" meant as seconds).
+const maxWriteStallAfter = time.Hour
+
+// validateWriteStall checks write_stall_after; zero disables the check.
+func (g *Group) validateWriteStall(v *validator, f string, intervalOK bool) {
+	field, d := f+".write_stall_after", g.WriteStallAfter
+	switch {
+	case d == 0:
+		return
+	case d < 0:
+		v.add(field, d, "must be >= 0 (0 disables the write check)")
+		return
+	case g.Kind != KindPostgres || g.Probe.Type != ProbePostgres:
+		// Only the postgres probe can write a heartbeat row.
+		v.add(field, d, "only allowed for kind postgres with probe.type postgres (this group: kind %s, probe.type %s)", g.Kind, g.Probe.Type)
+		return
+	case d.D() > maxWriteStallAfter:
+		v.add(field, d, "must be at most %s", maxWriteStallAfter)
+		return
+	}
+	if intervalOK && d <= g.Probe.Interval {
+		// A single failed heartbeat would already be a stall: one slow
+		// checkpoint must not turn into a failover.
+		v.add(field, d, "must be > probe.interval (%s)", g.Probe.Interval)
+	} else if g.Probe.Timeout > 0 && d < g.Probe.Timeout {
+		// A write is given up only after the probe timeout, so a shorter
+		// stall could never be measured.
+		v.add(field, d, "must be >= probe.timeout (%s)", g.Probe.Timeout)
 	}
 }
 

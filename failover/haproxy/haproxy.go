@@ -1,19 +1,29 @@
 // Package haproxy is a failover.Router that moves client traffic by
 // talking to HAProxy's Runtime API (the "stats socket"): on a failover it
 // puts the old primary's server into maintenance, then makes the new
-// primary's server ready, and reads "show servers state" back to verify.
+// primary's server ready and forces its health up, and reads "show
+// servers state" back to verify.
 //
 // # What it changes, and what it leaves alone
 //
 // Route touches exactly two servers of one backend: Old goes to "maint",
-// New goes to "ready". Every other server (the standbys) keeps whatever
+// New goes to "ready" and, when HAProxy does not already count it up,
+// "health up". Every other server (the standbys) keeps whatever
 // administrative state it has; in the shipped configuration
 // (deploy/haproxy/haproxy.cfg) they stay out of the primary backend
 // because their health checks against the observers' role endpoints
-// (/primary/{group}/{member}) answer 503. "ready" only lifts the
-// administrative block: whether HAProxy sends traffic to New still depends
-// on its health check (operational state), which Route reports but does
-// not wait for.
+// (/primary/{group}/{member}) answer 503.
+//
+// "ready" only lifts the administrative block. A standby's server is
+// ready already, but DOWN by its health checks, and would stay DOWN until
+// its next check passes (up to one check interval, plus rise-1 more):
+// time on the failover path, with the new primary promoted and the old
+// one fenced and in maintenance. "set server B/S health up" makes it UP at
+// once (STARTING with slowstart) until a check says otherwise; by then the
+// observers see New as the writable primary and its check passes. HAProxy
+// refuses to force the health of a server that tracks another (and,
+// depending on the version, of one without checks): such an answer is
+// ignored and Route relies on "ready" and the checks, as before.
 //
 // Maintenance set through the Runtime API survives health checks: the old
 // primary stays out even if it comes back and, wrongly, still answers as a
@@ -106,7 +116,8 @@ func (r *Router) HighestEpoch() uint64 {
 }
 
 // Route puts a.Old's server into maintenance and a.New's server into ready,
-// in that order, then verifies both with "show servers state". It is
+// in that order, forces a.New's health up when HAProxy does not count it
+// up, then verifies all of it with "show servers state". It is
 // idempotent: when HAProxy is already in that state it sends no command.
 // It refuses (ErrStaleEpoch) an action whose epoch is lower than the
 // highest this Router applied to the backend, and a replay of the same
@@ -161,6 +172,15 @@ func (r *Router) Route(ctx context.Context, a failover.Action) error {
 			return fmt.Errorf("haproxy: route epoch %d: %w", a.Epoch, err)
 		}
 	}
+	// Read before "ready": a server leaving maintenance is in HAProxy's
+	// count at once, but forcing it costs one command and no wait.
+	forced := false
+	if !states[newSrv].Up() {
+		var err error
+		if forced, err = r.forceUp(ctx, newSrv); err != nil {
+			return fmt.Errorf("haproxy: route epoch %d: %w", a.Epoch, err)
+		}
+	}
 
 	// Verify what HAProxy now says.
 	states, err = r.State(ctx)
@@ -170,6 +190,12 @@ func (r *Router) Route(ctx context.Context, a failover.Action) error {
 	if s := states[newSrv]; !s.Ready() {
 		return fmt.Errorf("haproxy: route backend %s epoch %d: server %s/%s is not ready after 'state ready' (srv_admin_state %d)",
 			be, a.Epoch, be, newSrv, s.AdminState)
+	}
+	if s := states[newSrv]; forced && !s.Up() && s.OpState != OpStarting {
+		// A health check ran in between and failed: the observers do not
+		// (yet) see New as the writable primary. The controller retries.
+		return fmt.Errorf("haproxy: route backend %s epoch %d: server %s/%s is not up after 'health up' (srv_op_state %d): its health check took it down again",
+			be, a.Epoch, be, newSrv, s.OpState)
 	}
 	if oldSrv != "" {
 		if s := states[oldSrv]; !s.Maint() {
@@ -194,6 +220,37 @@ func (r *Router) setState(ctx context.Context, server, state string) error {
 		return fmt.Errorf("backend %s server %s: %q: haproxy answered %q", r.cfg.Backend, server, cmd, ans)
 	}
 	return nil
+}
+
+// forceUp sends "set server B/S health up". It reports whether HAProxy
+// took it; false with no error when HAProxy refuses to force this server's
+// health (it tracks another server, or has no checks): then "ready" and
+// its checks decide, as they would without forcing.
+func (r *Router) forceUp(ctx context.Context, server string) (bool, error) {
+	cmd := fmt.Sprintf("set server %s/%s health up", r.cfg.Backend, server)
+	r.sets++
+	out, err := r.command(ctx, cmd)
+	if err != nil {
+		return false, fmt.Errorf("backend %s server %s: %q: %w", r.cfg.Backend, server, cmd, err)
+	}
+	switch ans := strings.TrimSpace(out); {
+	case ans == "":
+		return true, nil
+	case healthNotForceable(ans):
+		return false, nil
+	default:
+		return false, fmt.Errorf("backend %s server %s: %q: haproxy answered %q", r.cfg.Backend, server, cmd, ans)
+	}
+}
+
+// healthNotForceable recognises HAProxy's refusals to force a server's
+// health that leave "ready" in charge: "cannot change health on a
+// tracking server." (HAProxy 1.6 to 3.x) and answers saying the server's
+// health checks are not enabled.
+func healthNotForceable(answer string) bool {
+	a := strings.ToLower(answer)
+	return strings.Contains(a, "tracking server") ||
+		(strings.Contains(a, "check") && (strings.Contains(a, "not enabled") || strings.Contains(a, "disabled")))
 }
 
 func orNone(s string) string {

@@ -110,10 +110,14 @@ func TestRouteThroughRealHAProxy(t *testing.T) {
 	waitAnswer(t, l.frontend, "srv1", 10*time.Second)
 	allAnswer(t, l.frontend, "srv1", 5)
 
-	// Failover srv1 -> srv2 at epoch 5.
+	// Failover srv1 -> srv2 at epoch 5: srv1 to maint, srv2 (in
+	// maintenance, so not up) to ready and its health forced up.
 	mustf(t, r.Route(ctx, action(5, "srv1", "srv2")), "Route epoch 5 srv1->srv2")
-	if got := r.setCount(); got != 2 {
-		t.Fatalf("Route sent %d set commands, want 2", got)
+	if got := r.setCount(); got != 3 {
+		t.Fatalf("Route sent %d set commands, want 3 (maint, ready, health up)", got)
+	}
+	if st, err := r.State(ctx); err != nil || !st["srv2"].Up() {
+		t.Fatalf("srv2 not up right after the route: %+v, %v", st["srv2"], err)
 	}
 	st = wantAdmin(t, r, []string{"srv2"}, []string{"srv1", "srv3"})
 	if st["srv2"].AdminState&AdminConfigMaint == 0 {
@@ -131,8 +135,8 @@ func TestRouteThroughRealHAProxy(t *testing.T) {
 
 	// A replay of the same epoch changes nothing and sends nothing.
 	mustf(t, r.Route(ctx, action(5, "srv1", "srv2")), "replay of epoch 5")
-	if got := r.setCount(); got != 2 {
-		t.Fatalf("replay sent %d more set commands, want none", got-2)
+	if got := r.setCount(); got != 3 {
+		t.Fatalf("replay sent %d more set commands, want none", got-3)
 	}
 	wantAdmin(t, r, []string{"srv2"}, []string{"srv1", "srv3"})
 
@@ -145,8 +149,8 @@ func TestRouteThroughRealHAProxy(t *testing.T) {
 	if err := r.Route(ctx, action(5, "srv2", "srv3")); !errors.Is(err, ErrStaleEpoch) {
 		t.Fatalf("Route epoch 5 srv2->srv3 after epoch 5 srv1->srv2: want ErrStaleEpoch, got %v", err)
 	}
-	if got := r.setCount(); got != 2 {
-		t.Fatalf("refused routes sent %d set commands", got-2)
+	if got := r.setCount(); got != 3 {
+		t.Fatalf("refused routes sent %d set commands", got-3)
 	}
 	wantAdmin(t, r, []string{"srv2"}, []string{"srv1", "srv3"})
 	allAnswer(t, l.frontend, "srv2", 10)
@@ -222,4 +226,105 @@ func TestStateOverTCPSocketAndErrors(t *testing.T) {
 		t.Fatal("Route with a cancelled context succeeded")
 	}
 	wantAdmin(t, r, []string{"srv3"}, []string{"srv1", "srv2"})
+}
+
+// checkLab is a real haproxy with backend pgc whose checks run every 30s
+// (longer than the test): new's check port is closed, so its first check
+// (at once: it is the first server) marks it DOWN and it would stay DOWN
+// for the rest of the test; old has no check (always up); trk tracks new.
+type checkLab struct {
+	sock, frontend string
+}
+
+func startCheckLab(t *testing.T) *checkLab {
+	t.Helper()
+	haproxyBin(t)
+	l := &checkLab{sock: filepath.Join(t.TempDir(), "admin.sock"), frontend: hostPort(freePort(t))}
+	closed := freePort(t)
+	srvNew, srvOld, srvTrk := startNameServer(t, "new"), startNameServer(t, "old"), startNameServer(t, "trk")
+	cfg := fmt.Sprintf(`global
+    stats socket %s mode 600 level admin
+
+defaults
+    mode tcp
+    timeout connect 1s
+    timeout client 10s
+    timeout server 10s
+    timeout check 500ms
+
+frontend fe
+    bind %s
+    default_backend pgc
+
+backend pgc
+    balance first
+    default-server inter 30s fall 1 rise 1
+    server new %s check port %d
+    server old %s
+    server trk %s track pgc/new
+`, l.sock, l.frontend, srvNew.addr, closed, srvOld.addr, srvTrk.addr)
+	startHAProxy(t, cfg, l.sock)
+	return l
+}
+
+// A new primary whose server is ready but DOWN by its health check is
+// forced up by Route and takes the traffic at once, not at its next check
+// (30s away here); a server whose health cannot be forced (it tracks
+// another) is left to "ready" without failing the route.
+func TestRouteForcesNewPrimaryUp(t *testing.T) {
+	l := startCheckLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	r := New(Config{Socket: l.sock, Backend: "pgc"}, nil)
+	waitFor(t, 10*time.Second, "new DOWN by its first (failing) check", func() bool {
+		st, err := r.State(ctx)
+		return err == nil && !st["new"].Up() && st["new"].Ready() && !st["trk"].Up()
+	})
+	waitAnswer(t, l.frontend, "old", 5*time.Second)
+
+	// HAProxy refuses to force a tracking server's health: Route relies
+	// on "ready" (and the tracked server's checks) and does not fail.
+	mustf(t, r.Route(ctx, action(1, "old", "trk")), "Route old->trk")
+	st := wantAdmin(t, r, []string{"trk"}, []string{"old"})
+	if st["trk"].Up() {
+		t.Fatalf("trk up although it tracks new, which is DOWN: %+v", st["trk"])
+	}
+	if got := r.setCount(); got != 2 {
+		t.Fatalf("Route sent %d set commands, want 2 (maint, health up refused)", got)
+	}
+
+	start := time.Now()
+	mustf(t, r.Route(ctx, action(2, "trk", "new")), "Route trk->new")
+	st = wantAdmin(t, r, []string{"new"}, []string{"old", "trk"})
+	if !st["new"].Up() {
+		t.Fatalf("new not up after Route (srv_op_state %d)", st["new"].OpState)
+	}
+	if got := r.setCount(); got != 4 {
+		t.Fatalf("Route sent %d set commands, want 2 (maint, health up; new was ready)", got-2)
+	}
+	// Well before new's next check, 30s after the first.
+	waitAnswer(t, l.frontend, "new", 5*time.Second)
+	allAnswer(t, l.frontend, "new", 10)
+	t.Logf("new answered through HAProxy %s after Route began", time.Since(start).Round(time.Millisecond))
+
+	// A replay finds everything in place and sends nothing.
+	mustf(t, r.Route(ctx, action(2, "trk", "new")), "replay of epoch 2")
+	if got := r.setCount(); got != 4 {
+		t.Fatalf("replay sent %d set commands, want none", got-4)
+	}
+}
+
+func TestHealthNotForceable(t *testing.T) {
+	for ans, want := range map[string]bool{
+		"cannot change health on a tracking server.":                     true,
+		"health checks are not enabled on this server.":                  true,
+		"Server health check disabled.":                                  true,
+		"No such server.":                                                false,
+		"Permission denied":                                              false,
+		"'set server <srv> health' expects 'up', 'stopping', or 'down'.": false,
+	} {
+		if got := healthNotForceable(ans); got != want {
+			t.Errorf("healthNotForceable(%q) = %v, want %v", ans, got, want)
+		}
+	}
 }

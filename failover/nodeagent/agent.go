@@ -184,6 +184,12 @@ type group struct {
 	// asked for was "on".
 	roGen uint64
 	roOn  bool
+	// sessDone is closed when the latest session termination (started in
+	// the background) has finished; nil before the first. A read-only
+	// switch waits for the one in flight when it is asked for: the
+	// termination ends every client backend but its own, the switch's
+	// connection included.
+	sessDone <-chan struct{}
 	// The recovery check (see checkRecovery): next due, and running.
 	recoveryAt      time.Time
 	recoveryRunning bool
@@ -826,7 +832,11 @@ func (a *Agent) RemoveVIP(ctx context.Context, req *vigilv1.VIPRequest) (resp *v
 // configured: the port cut off, client sessions terminated, read-only
 // attempted) and runs the fence command. Confirmed means the VIP is gone,
 // the database fence (if any) is verifiably in force and the command (if
-// any) exited 0. It acts at any epoch: one above the confirmed epoch
+// any) exited 0. The session termination and the read-only switch go on
+// in the background, their outcomes logged and counted, unless the
+// request sets wait_sql (a switchover): they are not part of the
+// confirmation, and on a hung database they would only make the failover
+// wait out their timeout. It acts at any epoch: one above the confirmed epoch
 // raises the tentative epoch (nothing is persisted, so a stalled disk
 // cannot hold a fence up); a stale one fences all the same but changes
 // no epoch and leaves a self-fence episode in progress to run its course
@@ -877,10 +887,11 @@ func (a *Agent) Fence(ctx context.Context, req *vigilv1.AgentFenceRequest) (resp
 		}
 	}
 	dbOK := true
+	var sessions <-chan string
 	var readOnly <-chan error
 	if g.dbf != nil {
 		var d []string
-		dbOK, d, readOnly = a.fenceDatabase(g, triggerFence)
+		dbOK, d, sessions, readOnly = a.fenceDatabase(g, triggerFence)
 		detail = append(detail, d...)
 	} else {
 		detail = append(detail, "no database fence configured")
@@ -896,8 +907,8 @@ func (a *Agent) Fence(ctx context.Context, req *vigilv1.AgentFenceRequest) (resp
 	} else {
 		detail = append(detail, "no fence command configured")
 	}
-	if readOnly != nil {
-		detail = append(detail, readOnlyOutcome(readOnly, readOnlyReportWait))
+	if g.dbf != nil {
+		detail = append(detail, sqlOutcomes(ctx, sessions, readOnly, req.GetWaitSql())...)
 	}
 	confirmed := gone && dbOK && cmdOK
 	g.mu.Lock()

@@ -523,10 +523,6 @@ const (
 	stepResetReadOnly = "reset_read_only"
 )
 
-// readOnlyReportWait is how long Fence waits, after everything else, for
-// the read-only switch to report before answering without it.
-const readOnlyReportWait = 100 * time.Millisecond
-
 // errSuperseded: a read-only switch skipped because a newer one was asked
 // for while it waited for the previous one.
 var errSuperseded = errors.New("superseded by a newer read-only switch")
@@ -607,8 +603,37 @@ func (a *Agent) installDatabaseFence(g *group, trigger string) error {
 	return nil
 }
 
+// Details of SQL steps still running when Fence answers.
+const (
+	sessionsPending = "client sessions being terminated in the background (bounded by the timeout)"
+	readOnlyPending = "read-only not done yet (goes on in the background, bounded by the timeout)"
+)
+
+// terminateSessionsAsync starts terminateSessions on its own goroutine: a
+// hung database (SIGSTOP, stalled disk) would otherwise hold the fence,
+// and g.act, for the whole timeout, while the network fence already cut
+// every outside client off. Read-only switches asked for from now on wait
+// for it (sessDone). The outcome's description arrives on the channel
+// (buffered: nobody has to read it); nil if the agent is closing.
+func (a *Agent) terminateSessionsAsync(g *group, trigger string) <-chan string {
+	ch := make(chan string, 1)
+	done := make(chan struct{})
+	g.mu.Lock()
+	g.sessDone = done
+	g.mu.Unlock()
+	if !a.goBackground(func() {
+		defer close(done)
+		ch <- a.terminateSessions(g, trigger)
+	}) {
+		close(done)
+		return nil
+	}
+	return ch
+}
+
 // terminateSessions ends the database's client sessions, bounded by the
-// timeout, and describes the outcome. The caller holds g.act.
+// timeout, and describes the outcome (also logged, and counted when it
+// fails).
 func (a *Agent) terminateSessions(g *group, trigger string) string {
 	ctx, cancel := context.WithTimeout(a.ctx, g.dbTimeout)
 	defer cancel()
@@ -624,10 +649,11 @@ func (a *Agent) terminateSessions(g *group, trigger string) string {
 }
 
 // fenceDatabase is the Fence RPC's database step: the network fence
-// (which alone decides ok), the sessions, and the read-only switch, whose
-// outcome arrives on readOnly (nil if it could not be started). The caller
-// holds g.act.
-func (a *Agent) fenceDatabase(g *group, trigger string) (ok bool, detail []string, readOnly <-chan error) {
+// (which alone decides ok), then the session termination and the
+// read-only switch, both started in the background; their outcomes arrive
+// on sessions and readOnly (nil if they could not be started: the agent
+// is closing). The caller holds g.act.
+func (a *Agent) fenceDatabase(g *group, trigger string) (ok bool, detail []string, sessions <-chan string, readOnly <-chan error) {
 	if err := a.installDatabaseFence(g, trigger); err != nil {
 		detail = append(detail, fmt.Sprintf("database fence (%s) NOT in force: %v", g.dbDesc, err))
 	} else {
@@ -635,22 +661,68 @@ func (a *Agent) fenceDatabase(g *group, trigger string) (ok bool, detail []strin
 		detail = append(detail, fmt.Sprintf("database fence (%s) in force", g.dbDesc))
 	}
 	// Also when the network fence failed: every bit of fencing helps.
-	detail = append(detail, a.terminateSessions(g, trigger))
+	// Sessions first: the read-only switch waits for them (sessDone).
+	sessions = a.terminateSessionsAsync(g, trigger)
 	readOnly = a.switchReadOnly(g, true)
-	return ok, detail, readOnly
+	return ok, detail, sessions, readOnly
+}
+
+// sqlOutcomes describes the outcomes of the SQL steps fenceDatabase
+// started: with wait, once both arrived (each is bounded by the timeout)
+// or ctx ended; without, as far as they are in now, the others named as
+// going on in the background.
+func sqlOutcomes(ctx context.Context, sessions <-chan string, readOnly <-chan error, wait bool) []string {
+	out := make([]string, 0, 2)
+	if sessions == nil {
+		out = append(out, "client sessions not terminated (agent closing)")
+	} else if d, ok := await(ctx, sessions, wait); ok {
+		out = append(out, d)
+	} else {
+		out = append(out, sessionsPending)
+	}
+	if readOnly == nil {
+		out = append(out, "read-only not attempted (agent closing)")
+	} else if err, ok := await(ctx, readOnly, wait); ok {
+		out = append(out, readOnlyDetail(err))
+	} else {
+		out = append(out, readOnlyPending)
+	}
+	return out
+}
+
+// await receives from ch: at once when a value is there, else, with
+// wait, once one arrives or ctx ends; false when none was received.
+func await[T any](ctx context.Context, ch <-chan T, wait bool) (T, bool) {
+	select {
+	case v := <-ch:
+		return v, true
+	default:
+	}
+	if wait {
+		select {
+		case v := <-ch:
+			return v, true
+		case <-ctx.Done():
+		}
+	}
+	var zero T
+	return zero, false
 }
 
 // switchReadOnly starts switching the database read-only (on) or back,
 // on its own goroutine, bounded by the timeout from when it starts: it
 // writes a file (ALTER SYSTEM), and a stalled disk must hold up nothing
-// else. Switches run one at a time, and one superseded while it waited is
-// skipped, so the last one asked for is the last one done. The outcome
-// arrives on the channel; nil if the agent is closing.
+// else. It first waits for the session termination in flight, if any
+// (which would end its connection). Switches run one at a time, and one
+// superseded while it waited is skipped, so the last one asked for is the
+// last one done. The outcome arrives on the channel; nil if the agent is
+// closing.
 func (a *Agent) switchReadOnly(g *group, on bool) <-chan error {
 	g.mu.Lock()
 	g.roGen++
 	gen := g.roGen
 	g.roOn = on
+	sessions := g.sessDone
 	g.mu.Unlock()
 	ch := make(chan error, 1)
 	step, what := stepReadOnly, "default_transaction_read_only = on"
@@ -658,6 +730,12 @@ func (a *Agent) switchReadOnly(g *group, on bool) <-chan error {
 		step, what = stepResetReadOnly, "default_transaction_read_only reset"
 	}
 	started := a.goBackground(func() {
+		if sessions != nil {
+			select {
+			case <-sessions: // bounded by the timeout
+			case <-a.ctx.Done():
+			}
+		}
 		g.roMu.Lock()
 		defer g.roMu.Unlock()
 		g.mu.Lock()
@@ -689,23 +767,12 @@ func (a *Agent) switchReadOnly(g *group, on bool) <-chan error {
 	return ch
 }
 
-// readOnlyOutcome describes a read-only switch's outcome if it arrives
-// within wait.
-func readOnlyOutcome(ch <-chan error, wait time.Duration) string {
-	if ch == nil {
-		return "read-only not attempted (agent closing)"
+// readOnlyDetail describes a read-only switch's outcome.
+func readOnlyDetail(err error) string {
+	if err != nil {
+		return "read-only failed: " + err.Error()
 	}
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case err := <-ch:
-		if err != nil {
-			return "read-only failed: " + err.Error()
-		}
-		return "database read-only (default_transaction_read_only = on)"
-	case <-t.C:
-		return "read-only not done yet (goes on in the background, bounded by the timeout)"
-	}
+	return "database read-only (default_transaction_read_only = on)"
 }
 
 // unfenceDatabase removes the network fence and, if a fence had been in

@@ -76,6 +76,17 @@ func (h *dbHarness) fence(t *testing.T, epoch uint64) *vigilv1.AgentFenceRespons
 	return r
 }
 
+// fenceWait is fence with wait_sql (a switchover's): the answer carries
+// the outcomes of the session termination and the read-only switch.
+func (h *dbHarness) fenceWait(t *testing.T, epoch uint64) *vigilv1.AgentFenceResponse {
+	t.Helper()
+	r, err := h.a.Fence(context.Background(), &vigilv1.AgentFenceRequest{Group: tGroup, Epoch: epoch, Observer: "obs2", WaitSql: true})
+	if err != nil {
+		t.Fatalf("Fence(epoch %d, wait_sql): %v", epoch, err)
+	}
+	return r
+}
+
 func (h *dbHarness) dbMetric(t *testing.T, name string, labels map[string]string) float64 {
 	t.Helper()
 	l := map[string]string{"group": tGroup}
@@ -121,7 +132,7 @@ func TestFenceConfirmsOnlyWithDatabaseFence(t *testing.T) {
 	}
 
 	h.db.Fail("Install", nil)
-	r = h.fence(t, 2)
+	r = h.fenceWait(t, 2)
 	if !r.Confirmed || !r.TrafficFenced || !r.DatabaseFenced || !h.db.IsInstalled() {
 		t.Fatalf("Fence: %+v", r)
 	}
@@ -142,7 +153,7 @@ func TestFenceConfirmsOnlyWithDatabaseFence(t *testing.T) {
 
 	// Sessions that cannot be terminated do not un-confirm the fence.
 	h.db.Fail("TerminateSessions", errors.New("connection refused"))
-	r = h.fence(t, 2)
+	r = h.fenceWait(t, 2)
 	if !r.Confirmed || !r.DatabaseFenced {
 		t.Fatalf("Fence with failing session termination: %+v", r)
 	}
@@ -152,7 +163,7 @@ func TestFenceConfirmsOnlyWithDatabaseFence(t *testing.T) {
 	}
 	// Neither does a failing read-only switch.
 	h.db.Fail("SetReadOnly", errors.New("could not write postgresql.auto.conf"))
-	r = h.fence(t, 2)
+	r = h.fenceWait(t, 2)
 	if !r.Confirmed {
 		t.Fatalf("Fence with failing read-only: %+v", r)
 	}
@@ -216,6 +227,107 @@ func TestFenceNotHeldUpByStalledReadOnly(t *testing.T) {
 	})
 }
 
+// TestFenceNotHeldUpByHungDatabase: a hung database (SIGSTOP, stalled
+// disk) can neither terminate sessions nor switch read-only before the
+// timeout; the VIP removal and the verified network fence confirm the
+// fence without them, and Fence answers at once, the SQL steps going on
+// in the background.
+func TestFenceNotHeldUpByHungDatabase(t *testing.T) {
+	const timeout = 5 * time.Second
+	h := newDBHarness(t, func(c *Config) { c.Groups[0].DatabaseFence.Timeout = Duration(timeout) }, nil)
+	h.add(t, 1)
+	h.db.Stall("TerminateSessions", true)
+	h.db.Stall("SetReadOnly", true)
+	start := time.Now()
+	r := h.fence(t, 2)
+	took := time.Since(start)
+	if !r.Confirmed || !r.DatabaseFenced || !r.TrafficFenced || h.holds() || !h.db.IsInstalled() {
+		t.Fatalf("Fence with a hung database: %+v", r)
+	}
+	// A condition, not a benchmark: without waiting for the SQL steps.
+	if took >= timeout/2 {
+		t.Fatalf("Fence took %s with a hung database (SQL timeout %s)", took, timeout)
+	}
+	wantDetail(t, r.Detail, "VIP 10.0.0.100/32 removed", "database fence (postgres port 5432) in force", "fence command succeeded",
+		"client sessions being terminated in the background", "read-only not done yet")
+	if st := h.status(t); !st.DatabaseFenced || !st.Fenced {
+		t.Errorf("status after the fence: %+v", st)
+	}
+	// The termination was started and is still running; the read-only
+	// switch waits for it (the termination would end its connection).
+	waitFor(t, 5*time.Second, "the session termination started", func() bool { return h.db.Calls("TerminateSessions") == 1 })
+	if n := h.db.Calls("SetReadOnly"); n != 0 {
+		t.Errorf("read-only switch started %d times while the session termination runs", n)
+	}
+	if v := h.dbMetric(t, "vigil_agent_database_fence_failures_total", map[string]string{"step": "sessions"}); v != 0 {
+		t.Errorf("sessions failures = %v before the timeout", v)
+	}
+}
+
+// A session termination that fails in the background is logged and
+// counted as before, once it times out.
+func TestFenceBackgroundSessionsFailureCounted(t *testing.T) {
+	h := newDBHarness(t, func(c *Config) { c.Groups[0].DatabaseFence.Timeout = Duration(300 * time.Millisecond) }, nil)
+	h.db.Stall("TerminateSessions", true)
+	if r := h.fence(t, 1); !r.Confirmed || !strings.Contains(r.Detail, sessionsPending) {
+		t.Fatalf("Fence: %+v", r)
+	}
+	waitFor(t, 5*time.Second, "the stalled session termination to time out", func() bool {
+		return h.dbMetric(t, "vigil_agent_database_fence_failures_total", map[string]string{"step": "sessions"}) == 1
+	})
+}
+
+// The read-only switches wait for the session termination in flight (it
+// ends every client backend, their connections included): an AddVIP right
+// after a Fence whose termination still runs lifts read-only after it,
+// and the Fence's own switch, superseded, never runs.
+func TestReadOnlySwitchWaitsForSessionTermination(t *testing.T) {
+	h := newDBHarness(t, func(c *Config) { c.Groups[0].DatabaseFence.Timeout = Duration(300 * time.Millisecond) }, nil)
+	h.add(t, 1)
+	h.db.Stall("TerminateSessions", true)
+	if r := h.fence(t, 2); !r.Confirmed {
+		t.Fatalf("Fence: %+v", r)
+	}
+	h.add(t, 2) // e.g. the failover was aborted: this host is the primary again
+	log := strings.Join(h.db.Log(), ", ")
+	if !strings.HasSuffix(log, "TerminateSessions error, ResetReadOnly ok") || h.db.Calls("SetReadOnly") != 0 {
+		t.Fatalf("fence calls: %s; want the reset after the termination, and no read-only switch", log)
+	}
+	if h.db.IsReadOnly() || h.db.IsInstalled() {
+		t.Fatalf("after AddVIP: read-only %v, fence installed %v", h.db.IsReadOnly(), h.db.IsInstalled())
+	}
+}
+
+// With wait_sql (a switchover, which reads the final WAL position next)
+// Fence answers only once the SQL steps finished or timed out, with their
+// outcomes.
+func TestFenceWaitSQLWaitsForSQLSteps(t *testing.T) {
+	const timeout = 500 * time.Millisecond
+	h := newDBHarness(t, func(c *Config) { c.Groups[0].DatabaseFence.Timeout = Duration(timeout) }, nil)
+	h.add(t, 1)
+	r := h.fenceWait(t, 2)
+	if !r.Confirmed {
+		t.Fatalf("Fence: %+v", r)
+	}
+	wantDetail(t, r.Detail, "3 client sessions terminated", "database read-only")
+	if !h.db.IsReadOnly() || h.db.Calls("TerminateSessions") != 1 {
+		t.Fatalf("answered before the SQL steps were done: read-only %v, sessions %d", h.db.IsReadOnly(), h.db.Calls("TerminateSessions"))
+	}
+
+	h.db.Stall("TerminateSessions", true)
+	h.db.Stall("SetReadOnly", true)
+	start := time.Now()
+	r = h.fenceWait(t, 2)
+	took := time.Since(start)
+	if !r.Confirmed || !r.DatabaseFenced {
+		t.Fatalf("Fence: %+v", r)
+	}
+	if took < timeout*9/10 {
+		t.Fatalf("Fence with wait_sql answered after %s, before the stalled SQL steps timed out (%s)", took, timeout)
+	}
+	wantDetail(t, r.Detail, "terminating client sessions failed", "read-only failed", "deadline exceeded")
+}
+
 func TestSelfFenceOnLeaseLossInstallsDatabaseFenceWithoutVIP(t *testing.T) {
 	h := newDBHarness(t, nil, nil)
 	// Leased as the primary, but the VIP was never added (e.g. HAProxy
@@ -235,9 +347,8 @@ func TestSelfFenceOnLeaseLossInstallsDatabaseFenceWithoutVIP(t *testing.T) {
 	if h.fake.Calls("Del") != 0 || h.fake.Calls("Add") != 0 {
 		t.Error("touched the VIP that was not held")
 	}
-	if h.db.Calls("TerminateSessions") != 1 {
-		t.Errorf("sessions terminated %d times", h.db.Calls("TerminateSessions"))
-	}
+	// Both in the background, never waited for.
+	waitFor(t, 5*time.Second, "sessions terminated", func() bool { return h.db.Calls("TerminateSessions") == 1 })
 	waitFor(t, 5*time.Second, "read-only", h.db.IsReadOnly)
 	if lines := markerLines(t, h.marker); len(lines) != 1 || lines[0] != "self_fence group=pg-main epoch=1 member=db1" {
 		t.Fatalf("fence command runs: %q", lines)
@@ -288,6 +399,7 @@ func TestSelfFenceWithVIPRetriesDatabaseFence(t *testing.T) {
 	}
 	// Sessions and read-only are tried once, right away, even so.
 	waitFor(t, 5*time.Second, "read-only", h.db.IsReadOnly)
+	waitFor(t, 5*time.Second, "sessions terminated", func() bool { return h.db.Calls("TerminateSessions") == 1 })
 	h.db.Fail("Install", nil)
 	h.reconcile()
 	if !h.db.IsInstalled() || !h.status(t).Fenced || !h.status(t).DatabaseFenced {

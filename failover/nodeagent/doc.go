@@ -105,9 +105,10 @@
 // last fence (the last Fence or self-fence episode) or AddVIP — with or
 // without a VIP (a deployment that routes through HAProxy never adds
 // one). The episode removes the VIP if held, puts the database fence in
-// force (first, before anything slow: a netlink transaction), terminates
-// the database's client sessions, starts read-only in the background and
-// runs the group's fence_command (VIGIL_STEP=self_fence); the VIP removal
+// force (first, before anything slow: a netlink transaction), starts
+// terminating the database's client sessions and switching it read-only
+// in the background and runs the group's fence_command
+// (VIGIL_STEP=self_fence); the VIP removal
 // and the database fence are retried on every evaluation, the command
 // with back-off, until they succeed or support comes back. A lease of a
 // higher epoch (even one observer's, which makes it the tentative epoch),
@@ -138,12 +139,20 @@
 //     there.
 //   - Sessions: then every client backend but the agent's own is
 //     terminated over the local connection (host: a unix socket directory
-//     or 127.0.0.1/::1), bounded by timeout; walsenders are kept, so
-//     standbys may still catch up. A failure is reported, but the network
-//     fence alone confirms.
+//     or 127.0.0.1/::1), on its own goroutine bounded by timeout;
+//     walsenders are kept, so standbys may still catch up. A failure is
+//     logged and counted, but the network fence alone confirms.
 //   - Read-only, when it can: ALTER SYSTEM SET default_transaction_read_only
-//     = on and pg_reload_conf(), on its own goroutine bounded by timeout,
-//     never waited for by the rest (ALTER SYSTEM writes a file).
+//     = on and pg_reload_conf(), on its own goroutine bounded by timeout
+//     (ALTER SYSTEM writes a file).
+//
+// Fence does not wait for these two SQL steps unless the request sets
+// wait_sql (a switchover, which reads the old primary's final WAL
+// position next): a hung database (SIGSTOP, stalled disk) could only make
+// every failover wait out their timeout, while the verified network
+// fence already cut every outside client off. Its detail gives their
+// outcome when they finished before the answer, and says they go on in
+// the background otherwise.
 //
 // Fence confirms only when the VIP is gone, the database fence (if
 // configured) is in force and the fence command (if any) exited 0. The

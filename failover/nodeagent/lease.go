@@ -133,8 +133,10 @@ func (a *Agent) reconcileLocked(g *group, why string) {
 		}
 	}
 	if firstDB {
-		a.terminateSessions(g, triggerSelfFence)
-		a.switchReadOnly(g, true) // outcome logged; never waited for
+		// Outcomes logged and counted; never waited for (a hung database
+		// must not hold g.act, and with it the observers' Fence).
+		a.terminateSessionsAsync(g, triggerSelfFence)
+		a.switchReadOnly(g, true)
 	}
 	if runCmd {
 		err := a.runFence(g, "self_fence", epoch, "")

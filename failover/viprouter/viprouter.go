@@ -39,6 +39,7 @@ import (
 
 	"github.com/vigilha/vigil/failover"
 	"github.com/vigilha/vigil/failover/ratelog"
+	"github.com/vigilha/vigil/fsm"
 	vigilv1 "github.com/vigilha/vigil/proto/vigil/v1"
 )
 
@@ -380,7 +381,12 @@ func (f fencer) Fence(ctx context.Context, act failover.Action) (failover.FenceR
 	}
 	cctx, cancel := context.WithTimeout(ctx, a.fenceTimeout)
 	defer cancel()
-	resp, err := c.Fence(cctx, &vigilv1.AgentFenceRequest{Group: act.Group, Epoch: act.Epoch, Observer: a.self})
+	// A switchover reads the old primary's final WAL position right after
+	// the fence: the agent's SQL steps (sessions, read-only) must be done
+	// by then. A failover does not wait for them: they go on in the
+	// background, and on a hung database they would only time out.
+	resp, err := c.Fence(cctx, &vigilv1.AgentFenceRequest{Group: act.Group, Epoch: act.Epoch, Observer: a.self,
+		WaitSql: act.Kind == fsm.KindSwitchover})
 	if err != nil {
 		a.refused("Fence", act.Group, act.Old.Name, addr, act.Epoch, err)
 		err = callError("Fence", act.Group, act.Old.Name, addr, act.Epoch, err)

@@ -45,6 +45,10 @@ type hostOpts struct {
 	dataDir      string
 	fake         *nodeagenttest.Addrs
 	tls          nodeagent.TLS // the agent's tls section (none: plaintext)
+	// db, when set, is the group's database fence (faked), with SQL
+	// steps bounded by dbTimeout.
+	db        *nodeagenttest.DatabaseFence
+	dbTimeout time.Duration
 }
 
 // fenceScript returns an executable that appends a line per run to marker.
@@ -82,7 +86,15 @@ func startHost(t *testing.T, member string, o hostOpts) *host {
 		Groups:       []nodeagent.Group{{Name: group, Member: member, VIP: vip, Interface: iface, FenceCommand: []string{script}}},
 		TLS:          o.tls,
 	}
-	a, err := nodeagent.New(cfg, nil, nil, nodeagent.WithAddrs(o.fake))
+	opts := []nodeagent.Option{nodeagent.WithAddrs(o.fake)}
+	if o.db != nil {
+		cfg.Groups[0].DatabaseFence = &nodeagent.DatabaseFence{Kind: nodeagent.DatabaseFenceKindPostgres, Port: 5432,
+			Timeout: nodeagent.Duration(o.dbTimeout)}
+		opts = append(opts, nodeagent.WithDatabaseFencer(func(string, nodeagent.DatabaseFence) (nodeagent.DatabaseFencer, error) {
+			return o.db, nil
+		}))
+	}
+	a, err := nodeagent.New(cfg, nil, nil, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -362,6 +374,40 @@ func TestFencer(t *testing.T) {
 	res, err = f.Fence(ctx(t), action(3, "db7", "db2"))
 	if !errors.Is(err, viprouter.ErrNoAgent) || res.Confirmed {
 		t.Fatalf("Fence of a member without agent: %+v %v", res, err)
+	}
+}
+
+// A failover's Fence does not wait for the agent's SQL steps (a hung
+// database would only make it wait out their timeout); a switchover's
+// does (wait_sql): it reads the old primary's final WAL position next.
+func TestFencerWaitsForSQLOnlyInSwitchover(t *testing.T) {
+	const dbTimeout = time.Second
+	db := nodeagenttest.NewDatabaseFence("postgres port 5432")
+	db1 := startHost(t, "db1", hostOpts{db: db, dbTimeout: dbTimeout})
+	ag := newAgents(t, "obs1", book(db1))
+	db.Stall("TerminateSessions", true)
+	db.Stall("SetReadOnly", true)
+
+	start := time.Now()
+	res, err := ag.Fencer().Fence(ctx(t), action(2, "db1", "db2"))
+	took := time.Since(start)
+	if err != nil || !res.Confirmed || !res.Traffic || took >= dbTimeout/2 {
+		t.Fatalf("failover Fence with a hung database: %+v %v after %s", res, err, took)
+	}
+	if !strings.Contains(res.Detail, "client sessions being terminated in the background") {
+		t.Errorf("detail %q", res.Detail)
+	}
+
+	sw := action(3, "db1", "db2")
+	sw.Kind = "switchover"
+	start = time.Now()
+	res, err = ag.Fencer().Fence(ctx(t), sw)
+	took = time.Since(start)
+	if err != nil || !res.Confirmed || took < dbTimeout*9/10 {
+		t.Fatalf("switchover Fence with a hung database: %+v %v after %s; want it to wait for the SQL steps", res, err, took)
+	}
+	if !strings.Contains(res.Detail, "terminating client sessions failed") {
+		t.Errorf("detail %q", res.Detail)
 	}
 }
 

@@ -40,6 +40,10 @@ type Planned struct {
 	// Pick is a random number the fault uses to choose among targets or
 	// points (which observer, which step), so that a seed fixes them.
 	Pick int
+	// until, when set, heals the fault as soon as it returns true (polled;
+	// Hold stays the upper bound): the benchmark heals once the failover
+	// is over. It gets the fault as recorded (Start, Target).
+	until func(*recorder, Fault) bool
 }
 
 // Plan is the schedule a seed gives.
@@ -476,8 +480,21 @@ func (n *nemesis) finishHeld(ctx context.Context, i int, f Planned, m string, er
 		}
 		return
 	}
-	sleepCtx(ctx, f.Hold)
+	n.holdFault(ctx, i, f)
 	n.ended(i, heal())
+}
+
+// holdFault waits f.Hold, or less if f.until says the fault has done its
+// work.
+func (n *nemesis) holdFault(ctx context.Context, i int, f Planned) {
+	if f.until == nil {
+		sleepCtx(ctx, f.Hold)
+		return
+	}
+	n.mu.Lock()
+	fault := n.faults[i]
+	n.mu.Unlock()
+	_ = poll(ctx, f.Hold, func() (bool, error) { return f.until(n.rec, fault), nil })
 }
 
 // killLeaderMidFailover kills the primary's postgres, waits for the
@@ -602,13 +619,33 @@ func (n *nemesis) repairOnce(ctx context.Context, since map[string]time.Time) {
 		if rerr == nil && rec && time.Since(since[m]) < 5*time.Second {
 			continue
 		}
+		// Hold both ends' processes: a fault killing the source in the
+		// middle of pg_rewind tests the harness, not vigil.
+		if !n.claimProcs(m) {
+			continue
+		}
+		if !n.claimProcs(prim) {
+			n.releaseProcs(m)
+			return
+		}
 		i := n.record(Fault{Kind: "rejoin", Target: m, Start: time.Now(), Detail: "pg_rewind from " + prim})
 		n.hold(m, 1)
 		rctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 		err := l.Node(m).Rejoin(rctx, l.Node(prim))
+		detail := errString(err)
+		if err != nil {
+			// What an operator does when a rewind cannot: a fresh clone.
+			if err = l.Node(m).Rebuild(rctx, l.Node(prim)); err != nil {
+				detail += "; rebuild with pg_basebackup failed too: " + err.Error()
+			} else {
+				detail += "; rebuilt with pg_basebackup"
+			}
+		}
 		cancel()
 		n.hold(m, -1)
-		n.ended(i, errString(err))
+		n.releaseProcs(prim)
+		n.releaseProcs(m)
+		n.ended(i, detail)
 		delete(since, m)
 	}
 }

@@ -52,6 +52,9 @@ type LabConfig struct {
 	ProbeInterval, ProbeTimeout, DownAfter time.Duration
 	// LeaseTimeout is the node agents' lease; zero means 1s.
 	LeaseTimeout time.Duration
+	// WriteStallAfter is the group's write_stall_after (a primary whose
+	// heartbeat writes fail that long is down); zero means DownAfter.
+	WriteStallAfter time.Duration
 	// ClockOffset shifts one observer's wall clock (by id), through the
 	// observer's --clock-offset test hook.
 	ClockOffset map[string]time.Duration
@@ -74,6 +77,9 @@ func (c *LabConfig) defaults() {
 	}
 	if c.LeaseTimeout == 0 {
 		c.LeaseTimeout = time.Second
+	}
+	if c.WriteStallAfter == 0 {
+		c.WriteStallAfter = c.DownAfter
 	}
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
@@ -429,13 +435,14 @@ groups:
     kind: postgres
     primary: pg0
     down_after: %s
+    write_stall_after: %s
     max_lag: 256KiB
     cooldown: 1s
     probe: {type: postgres, interval: %s, timeout: %s}
     failover: {vip: true, lease_timeout: %s, haproxy: {socket: %q, backend: %s}}
     members:%s
 `, o, filepath.Join(l.Cfg.Dir, o), ip, raftPort, ip, gossipPort, base64.StdEncoding.EncodeToString(key), ip, grpcPort, ip, httpPort,
-			list.String(), Group, l.Cfg.DownAfter, l.Cfg.ProbeInterval, l.Cfg.ProbeTimeout, l.Cfg.LeaseTimeout, l.HAPSock, Group, members.String())
+			list.String(), Group, l.Cfg.DownAfter, l.Cfg.WriteStallAfter, l.Cfg.ProbeInterval, l.Cfg.ProbeTimeout, l.Cfg.LeaseTimeout, l.HAPSock, Group, members.String())
 		if err := os.WriteFile(filepath.Join(l.Cfg.Dir, o+".yaml"), []byte(cfg), 0o600); err != nil {
 			return err
 		}
@@ -644,6 +651,13 @@ func (l *Lab) Close() {
 	}
 	wg.Wait()
 	if l.PG != nil {
+		// The logs live on the members' disks, which go away below:
+		// keep a copy with the run's other logs.
+		for _, n := range l.PG.Nodes {
+			if b, err := os.ReadFile(n.LogPath); err == nil {
+				_ = os.WriteFile(filepath.Join(l.Cfg.Dir, n.Name+"-postgres.log"), b, 0o644)
+			}
+		}
 		_ = l.PG.Close()
 	}
 	if l.Net != nil {

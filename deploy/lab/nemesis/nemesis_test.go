@@ -28,6 +28,15 @@ var (
 	buildDone = map[string]string{}
 )
 
+// TestMain removes the binaries buildVigil made.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	for _, p := range buildDone {
+		os.RemoveAll(filepath.Dir(p))
+	}
+	os.Exit(code)
+}
+
 func buildVigil(t testing.TB, tags string) string {
 	t.Helper()
 	buildMu.Lock()
@@ -84,7 +93,7 @@ func seedsFromEnv(t *testing.T, def []int64) []int64 {
 
 // runSeed runs one seed and returns the checker's report; a failing run
 // keeps its directory and history and logs the timeline.
-func runSeed(t *testing.T, vigil string, cfg RunConfig) (*History, Report) {
+func runSeed(t *testing.T, vigil string, cfg RunConfig) (*History, Report, string) {
 	t.Helper()
 	dir, err := os.MkdirTemp("", fmt.Sprintf("nemesis-%d-", cfg.Seed))
 	if err != nil {
@@ -106,16 +115,16 @@ func runSeed(t *testing.T, vigil string, cfg RunConfig) (*History, Report) {
 	rep := Check(h)
 	if rep.OK() && os.Getenv("VIGIL_NEMESIS_KEEP") == "" {
 		os.RemoveAll(dir)
-		return h, rep
+		return h, rep, dir
 	}
 	if rep.OK() {
 		_ = WriteHistory(filepath.Join(dir, "history.json"), h)
 		t.Logf("seed %d passed; plan: %s; run directory kept (VIGIL_NEMESIS_KEEP): %s\n%s", cfg.Seed, plan, dir, Timeline(h))
-		return h, rep
+		return h, rep, dir
 	}
 	_ = WriteHistory(filepath.Join(dir, "history.json"), h)
 	t.Logf("seed %d failed; plan: %s; run directory kept: %s\n%s", cfg.Seed, plan, dir, Timeline(h))
-	return h, rep
+	return h, rep, dir
 }
 
 func verdictLines(rep Report) string {
@@ -145,7 +154,7 @@ func TestNemesisFixedSeeds(t *testing.T) {
 			if v := os.Getenv("VIGIL_NEMESIS_KINDS"); v != "" {
 				kinds = strings.Split(v, ",")
 			}
-			_, rep := runSeed(t, vigil, RunConfig{Seed: seed, Length: 25 * time.Second, Sync: -1, Kinds: kinds})
+			_, rep, _ := runSeed(t, vigil, RunConfig{Seed: seed, Length: 25 * time.Second, Sync: -1, Kinds: kinds})
 			if !rep.OK() {
 				t.Errorf("seed %d: violations (rerun: VIGIL_NEMESIS_SEEDS=%d go test -tags hashicorpmetrics -run TestNemesisFixedSeeds ./deploy/lab/nemesis/):\n%s", seed, seed, verdictLines(rep))
 			}
@@ -160,7 +169,7 @@ func TestNemesisFixedSeeds(t *testing.T) {
 func TestNemesisCatchesUnsafeBuild(t *testing.T) {
 	requireLab(t)
 	vigil := buildVigil(t, "hashicorpmetrics,vigil_unsafe_nofence")
-	h, rep := runSeed(t, vigil, RunConfig{Seed: 4242, Length: 15 * time.Second, Kinds: []string{KindPartitionPrimary}, Sync: 0, Settle: 20 * time.Second})
+	h, rep, dir := runSeed(t, vigil, RunConfig{Seed: 4242, Length: 15 * time.Second, Kinds: []string{KindPartitionPrimary}, Sync: 0, Settle: 20 * time.Second})
 	if rep.OK() {
 		t.Fatalf("the checker found nothing wrong with fencing disabled:\n%s", Timeline(h))
 	}
@@ -173,6 +182,8 @@ func TestNemesisCatchesUnsafeBuild(t *testing.T) {
 	if !caught {
 		t.Fatalf("fencing disabled, but no violation of (a) or (b):\n%s", verdictLines(rep))
 	}
+	// The run "failed" as it must: its kept directory is not a clue.
+	os.RemoveAll(dir)
 	t.Logf("as it must, the checker caught the unsafe build:\n%s", verdictLines(rep))
 }
 
@@ -208,6 +219,7 @@ func TestSoak(t *testing.T) {
 		}
 		length = d
 	}
+	stamp := buildStamp("make soak")
 	vigil := buildVigil(t, "hashicorpmetrics")
 	bySync := map[bool][]int64{}
 	for i := 0; i < runs; i++ {
@@ -282,7 +294,7 @@ func TestSoak(t *testing.T) {
 	}
 	fmt.Println(md)
 	if path := os.Getenv("VIGIL_SOAK_DOC"); path != "" {
-		if err := writeSoakSection(path, md); err != nil {
+		if err := writeSoakSection(path, stamp, md); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -313,29 +325,23 @@ const (
 	soakEnd   = "<!-- soak:end -->"
 )
 
-// writeSoakSection replaces the generated section of path (or appends
-// one), stamped with the date, commit and machine.
-func writeSoakSection(path, md string) error {
+// buildStamp says what code a run is measuring: the date, the commit
+// (and whether the tree had uncommitted changes when the binaries were
+// built), the machine. Taken when the run starts.
+func buildStamp(what string) string {
 	commit, _ := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
 	dirty, _ := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output()
 	uname, _ := exec.Command("uname", "-srm").Output()
 	rev := strings.TrimSpace(string(commit))
 	if len(strings.TrimSpace(string(dirty))) > 0 {
-		rev += " (with uncommitted changes)"
+		rev += " with uncommitted changes"
 	}
-	stamp := fmt.Sprintf("Produced by `make soak` on %s, commit %s, %s, %d CPUs.\n\n",
-		time.Now().UTC().Format("2006-01-02"), rev, strings.TrimSpace(string(uname)), runtime.NumCPU())
-	section := soakBegin + "\n" + stamp + md + "\n" + soakEnd
-	old, err := os.ReadFile(path)
-	if err != nil && !os.IsNotExist(err) {
-		return err
-	}
-	doc := string(old)
-	b, e := strings.Index(doc, soakBegin), strings.Index(doc, soakEnd)
-	if b >= 0 && e > b {
-		doc = doc[:b] + section + doc[e+len(soakEnd):]
-	} else {
-		doc += "\n" + section + "\n"
-	}
-	return os.WriteFile(path, []byte(doc), 0o644)
+	return fmt.Sprintf("Produced by `%s` on %s, commit %s, %s, %d CPUs.\n\n",
+		what, time.Now().UTC().Format("2006-01-02"), rev, strings.TrimSpace(string(uname)), runtime.NumCPU())
+}
+
+// writeSoakSection replaces the generated section of path (or appends
+// one) with stamp and md.
+func writeSoakSection(path, stamp, md string) error {
+	return replaceSection(path, soakBegin, soakEnd, stamp+md)
 }

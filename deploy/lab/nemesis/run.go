@@ -74,7 +74,12 @@ func (cfg *RunConfig) defaults() {
 // out; a lab that did not settle is reported in History.Final.Error.
 func RunOn(ctx context.Context, l *Lab, cfg RunConfig) (*History, error) {
 	cfg.defaults()
-	plan := NewPlan(cfg.Seed, cfg.Length, cfg.Kinds, cfg.Sync)
+	return runPlan(ctx, l, NewPlan(cfg.Seed, cfg.Length, cfg.Kinds, cfg.Sync), cfg)
+}
+
+// runPlan plays plan on a settled lab (RunOn).
+func runPlan(ctx context.Context, l *Lab, plan Plan, cfg RunConfig) (*History, error) {
+	cfg.defaults()
 	if plan.Sync != l.Cfg.Sync {
 		return nil, fmt.Errorf("seed %d wants sync=%v, the lab has sync=%v", cfg.Seed, plan.Sync, l.Cfg.Sync)
 	}
@@ -263,7 +268,15 @@ func finalState(ctx context.Context, l *Lab, rec *recorder, table string) Final 
 	}
 	rec.mu.Unlock()
 	if f.Primary != "" {
-		streaming, _, err := replicationOf(ctx, l, f.Primary)
+		// A standby's walreceiver may be between two connections at the
+		// instant of one read (catchup after a timeline switch): give it
+		// a few seconds to be streaming, as settle did.
+		var streaming []string
+		var err error
+		_ = poll(ctx, 5*time.Second, func() (bool, error) {
+			streaming, _, err = replicationOf(ctx, l, f.Primary)
+			return err == nil && len(streaming) == len(l.Members)-1, nil
+		})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("replication on %s: %w", f.Primary, err))
 		}

@@ -670,3 +670,42 @@ WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)`, slo
 	}
 	return n.Start(ctx)
 }
+
+// Rebuild turns n into a fresh streaming standby of primary when a rewind
+// cannot (pg_rewind failed half-way, or the timelines have no common
+// ancestor): it stops n, removes its data directory, clones primary with
+// pg_basebackup through n's slot (created on primary if missing), and
+// starts it. This is the "needs rebuild" path of an operator's runbook.
+func (n *Node) Rebuild(ctx context.Context, primary *Node) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, defaultStartTimeout)
+		defer cancel()
+	}
+	if n.running() != nil {
+		if err := n.shutdown(shutdownGrace); err != nil {
+			return fmt.Errorf("pglab: stop %s for rebuild: %w", n.Name, err)
+		}
+	}
+	slot := "slot_" + n.Name
+	conn, err := primary.Connect(ctx)
+	if err != nil {
+		return fmt.Errorf("pglab: rebuild %s: connect to %s: %w", n.Name, primary.Name, err)
+	}
+	_, err = conn.Exec(ctx, `SELECT pg_create_physical_replication_slot($1, true)
+WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)`, slot)
+	conn.Close(ctx)
+	if err != nil {
+		return fmt.Errorf("pglab: rebuild %s: slot on %s: %w", n.Name, primary.Name, err)
+	}
+	if err := os.RemoveAll(n.DataDir); err != nil {
+		return fmt.Errorf("pglab: rebuild %s: %w", n.Name, err)
+	}
+	err = n.acct.run(ctx, n.NetNS, "pg_basebackup",
+		"-h", primary.ip(), "-p", fmt.Sprint(primary.Port), "-U", "postgres",
+		"-D", n.DataDir, "-R", "-X", "stream", "-S", slot, "-c", "fast", "--no-sync")
+	if err != nil {
+		return fmt.Errorf("pglab: rebuild %s: %w", n.Name, err)
+	}
+	return n.Start(ctx)
+}

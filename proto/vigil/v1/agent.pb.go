@@ -140,10 +140,18 @@ func (x *VIPResponse) GetHighestEpoch() uint64 {
 }
 
 type AgentFenceRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Observer      string                 `protobuf:"bytes,3,opt,name=observer,proto3" json:"observer,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Group    string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Epoch    uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Observer string                 `protobuf:"bytes,3,opt,name=observer,proto3" json:"observer,omitempty"`
+	// Answer only once the database fence's SQL steps (client sessions
+	// terminated, read-only switch) have finished or timed out, with their
+	// outcomes in detail. A switchover sets it: it reads the old primary's
+	// final WAL position right after the fence. Unset (failovers), the agent
+	// answers once the VIP is off, the network fence is verified and the
+	// fence command (if any) ran, and the SQL steps go on in the background:
+	// on a hung database they could only wait out their timeout.
+	WaitSql       bool `protobuf:"varint,4,opt,name=wait_sql,json=waitSql,proto3" json:"wait_sql,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -199,6 +207,13 @@ func (x *AgentFenceRequest) GetObserver() string {
 	return ""
 }
 
+func (x *AgentFenceRequest) GetWaitSql() bool {
+	if x != nil {
+		return x.WaitSql
+	}
+	return false
+}
+
 type AgentFenceResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Every fence this agent has for the group succeeded: the VIP is gone,
@@ -210,7 +225,8 @@ type AgentFenceResponse struct {
 	// The VIP is not on this host.
 	TrafficFenced bool `protobuf:"varint,4,opt,name=traffic_fenced,json=trafficFenced,proto3" json:"traffic_fenced,omitempty"`
 	// The agent's database fence is in force: no client outside the host
-	// can reach the database port, and client sessions were terminated.
+	// can reach the database port. Client sessions are terminated too, in
+	// the background unless the request set wait_sql (see detail).
 	DatabaseFenced bool `protobuf:"varint,5,opt,name=database_fenced,json=databaseFenced,proto3" json:"database_fenced,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
@@ -641,11 +657,12 @@ const file_vigil_v1_agent_proto_rawDesc = "" +
 	"\bobserver\x18\x03 \x01(\tR\bobserver\"L\n" +
 	"\vVIPResponse\x12\x18\n" +
 	"\achanged\x18\x01 \x01(\bR\achanged\x12#\n" +
-	"\rhighest_epoch\x18\x02 \x01(\x04R\fhighestEpoch\"[\n" +
+	"\rhighest_epoch\x18\x02 \x01(\x04R\fhighestEpoch\"v\n" +
 	"\x11AgentFenceRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x1a\n" +
-	"\bobserver\x18\x03 \x01(\tR\bobserver\"\xbf\x01\n" +
+	"\bobserver\x18\x03 \x01(\tR\bobserver\x12\x19\n" +
+	"\bwait_sql\x18\x04 \x01(\bR\awaitSql\"\xbf\x01\n" +
 	"\x12AgentFenceResponse\x12\x1c\n" +
 	"\tconfirmed\x18\x01 \x01(\bR\tconfirmed\x12\x16\n" +
 	"\x06detail\x18\x02 \x01(\tR\x06detail\x12#\n" +
