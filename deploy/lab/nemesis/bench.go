@@ -122,13 +122,43 @@ type BenchCell struct {
 	Sync        bool
 	Runs        []BenchRun
 	Errors      int // runs the harness could not carry out
+	// Measured says when and on what code (date and commit).
+	Measured string `json:",omitempty"`
+}
+
+// key identifies a cell across runs of the matrix.
+func (c BenchCell) key() string { return fmt.Sprintf("%s|%s|%v", c.Failure, c.Op, c.Sync) }
+
+// MergeCells replaces the cells of old that fresh measured again and
+// keeps the others, in the matrix's order (operating point, mode,
+// failure): the whole matrix takes long, so it may be filled a part at
+// a time, each cell saying when it was measured.
+func MergeCells(old, fresh []BenchCell) []BenchCell {
+	byKey := map[string]BenchCell{}
+	for _, c := range old {
+		byKey[c.key()] = c
+	}
+	for _, c := range fresh {
+		byKey[c.key()] = c
+	}
+	var out []BenchCell
+	for _, op := range OperatingPoints {
+		for _, sync := range []bool{false, true} {
+			for _, f := range Failures {
+				if c, ok := byKey[BenchCell{Failure: f.Name, Op: op.Name, Sync: sync}.key()]; ok {
+					out = append(out, c)
+				}
+			}
+		}
+	}
+	return out
 }
 
 // MatrixMarkdown renders the cells as one table.
 func MatrixMarkdown(cells []BenchCell) string {
 	var b strings.Builder
-	b.WriteString("| failure | probe/down_after | replication | runs | failed over | VIP p50 | VIP p99 | VIP max | HAProxy p50 | HAProxy p99 | HAProxy max | acked lost | stranded acked after t0 | false failovers | checker violations |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| failure | probe/down_after | replication | runs | failed over | VIP p50 | VIP p99 | VIP max | HAProxy p50 | HAProxy p99 | HAProxy max | acked lost | stranded acked after t0 | false failovers | checker violations | measured |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, c := range cells {
 		mode := "async"
 		if c.Sync {
@@ -158,11 +188,11 @@ func MatrixMarkdown(cells []BenchCell) string {
 		if c.Errors > 0 {
 			runs += fmt.Sprintf(" (+%d not carried out)", c.Errors)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %d | %s | %s | %s | %s | %s | %s | %d | %d | %d | %s |\n",
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %d | %s | %s | %s | %s | %s | %s | %d | %d | %d | %s | %s |\n",
 			c.Failure, c.Op, mode, runs, failed,
 			quant(vip, 50, len(c.Runs)), quant(vip, 99, len(c.Runs)), quant(vip, 100, len(c.Runs)),
 			quant(hap, 50, len(c.Runs)), quant(hap, 99, len(c.Runs)), quant(hap, 100, len(c.Runs)),
-			lost, stranded, falseF, violString(viol))
+			lost, stranded, falseF, violString(viol), c.Measured)
 	}
 	b.WriteString("\nUnavailability is t0 (taken just before the fault is injected) → the first write acknowledged by another member, through the VIP (client host in the namespace lab, gratuitous ARP) and through HAProxy (its own host; checks every 200 ms against obs1's role endpoint, re-pointed through the Runtime API). A figure with \"(n of N)\" counts only the runs where that path reached a new primary within 20 s; \"—\": none did (vigil did not fail over). Percentiles are nearest-rank: with 10 runs p99 is the maximum.\n")
 	return b.String()

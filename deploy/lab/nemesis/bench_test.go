@@ -2,8 +2,11 @@ package nemesis
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -81,7 +84,8 @@ func TestBenchMatrix(t *testing.T) {
 		f := os.Getenv(env)
 		return f == "" || slices.Contains(strings.Split(f, ","), v)
 	}
-	stamp := buildStamp(fmt.Sprintf("make bench-matrix (%d runs a cell)", runs))
+	stamp := buildStamp(fmt.Sprintf("make bench-matrix (%d runs a cell); each row says when it was measured", runs))
+	measured := measuredStamp()
 	vigil := buildVigil(t, "hashicorpmetrics")
 	var cells []BenchCell
 	start := time.Now()
@@ -107,7 +111,7 @@ func TestBenchMatrix(t *testing.T) {
 				if !want("VIGIL_BENCH_FAILURES", fl.Kind) {
 					continue
 				}
-				cell := BenchCell{Failure: fl.Name, Op: op.Name, Sync: sync}
+				cell := BenchCell{Failure: fl.Name, Op: op.Name, Sync: sync, Measured: measured}
 				for i := 0; i < runs; i++ {
 					seq++
 					if l == nil {
@@ -146,11 +150,30 @@ func TestBenchMatrix(t *testing.T) {
 			closeLab()
 		}
 	}
-	md := MatrixMarkdown(cells)
-	fmt.Println(md)
+	fmt.Println(MatrixMarkdown(cells))
+	fmt.Fprintf(os.Stderr, "bench: the cells took %s\n", time.Since(start).Round(time.Minute))
 	if path := os.Getenv("VIGIL_BENCH_DOC"); path != "" {
-		md += fmt.Sprintf("\nThe whole matrix took %s.\n", time.Since(start).Round(time.Minute))
-		if err := writeMatrixSection(path, stamp, md); err != nil {
+		// The cells measured before (docs/bench-matrix.json) are kept
+		// unless measured again.
+		store := strings.TrimSuffix(path, filepath.Ext(path)) + "-matrix.json"
+		if filepath.Base(path) == "BENCHMARKS.md" {
+			store = filepath.Join(filepath.Dir(path), "bench-matrix.json")
+		}
+		var old []BenchCell
+		if b, err := os.ReadFile(store); err == nil {
+			if err := json.Unmarshal(b, &old); err != nil {
+				t.Fatalf("%s: %v", store, err)
+			}
+		}
+		all := MergeCells(old, cells)
+		b, err := json.MarshalIndent(all, "", " ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(store, append(b, '\n'), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := writeMatrixSection(path, stamp, MatrixMarkdown(all)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -181,4 +204,15 @@ func replaceSection(path, begin, end, body string) error {
 		doc += "\n" + section + "\n"
 	}
 	return os.WriteFile(path, []byte(doc), 0o644)
+}
+
+// measuredStamp is a cell's "measured" column: the date and the commit.
+func measuredStamp() string {
+	commit, _ := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
+	dirty, _ := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output()
+	rev := strings.TrimSpace(string(commit))
+	if len(strings.TrimSpace(string(dirty))) > 0 {
+		rev += "+"
+	}
+	return time.Now().UTC().Format("2006-01-02") + " " + rev
 }

@@ -45,7 +45,7 @@ type LabConfig struct {
 	Vigil string
 	// Dir holds configs, data directories, disks and logs.
 	Dir string
-	// Sync selects synchronous replication (ANY 1 of the standbys).
+	// Sync selects synchronous replication (ANY 1 of the other members).
 	Sync bool
 	// ProbeInterval, ProbeTimeout and DownAfter configure the group;
 	// zero means 500ms, 400ms and 2s.
@@ -166,6 +166,14 @@ func NewLab(ctx context.Context, cfg LabConfig) (_ *Lab, err error) {
 		// Clients are cut loose quickly when a fence drops their packets.
 		"tcp_keepalives_idle = 2", "tcp_keepalives_interval = 1", "tcp_keepalives_count = 2",
 	}}
+	if cfg.Sync {
+		// Every member, not only the initial standbys: after a failover
+		// the old primary, rejoined, is the new primary's standby too.
+		// Naming only pg1 and pg2 left pg2-as-primary with no eligible
+		// synchronous standby while pg1 was down: every write waited.
+		// (A server ignores its own name in the list.)
+		opts.ExtraConf = append(opts.ExtraConf, "synchronous_standby_names = 'ANY 1 (pg0, pg1, pg2)'")
+	}
 	for _, m := range l.Members {
 		h := hostOf(m)
 		opts.Hosts = append(opts.Hosts, pglab.Host{NetNS: l.Net.Hosts[h].NS, IP: l.Net.IP(h)})
