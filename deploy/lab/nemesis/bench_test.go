@@ -100,12 +100,15 @@ func TestBenchMatrix(t *testing.T) {
 			}
 			var l *Lab
 			var dir string
+			keep := false // a run worth looking at happened on this lab
 			closeLab := func() {
 				if l != nil {
 					l.Close()
-					os.RemoveAll(dir)
+					if !keep {
+						os.RemoveAll(dir)
+					}
 				}
-				l = nil
+				l, keep = nil, false
 			}
 			for _, fl := range Failures {
 				if !want("VIGIL_BENCH_FAILURES", fl.Kind) {
@@ -129,7 +132,7 @@ func TestBenchMatrix(t *testing.T) {
 						}
 					}
 					ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-					r, _, err := BenchOnce(ctx, l, fl.Kind, seq)
+					r, h, err := BenchOnce(ctx, l, fl.Kind, seq)
 					cancel()
 					if err != nil {
 						t.Logf("%s %s %s run %d not carried out: %v", fl.Name, op.Name, modeName(sync), i+1, err)
@@ -141,6 +144,13 @@ func TestBenchMatrix(t *testing.T) {
 					fmt.Fprintf(os.Stderr, "bench: %s %s %s run %d/%d: failover %v, VIP %s, HAProxy %s, lost %d, stranded %d, violations %v (%s elapsed)\n",
 						fl.Name, op.Name, modeName(sync), i+1, runs, r.Failover, r.VIP.Round(time.Millisecond), r.HAProxy.Round(time.Millisecond),
 						r.Lost, r.Stranded, r.Violations, time.Since(start).Round(time.Second))
+					if len(r.Violations) > 0 || !r.Failover {
+						// Keep what explains it: the history and the lab's logs.
+						path := filepath.Join(dir, fmt.Sprintf("history-%d.json", seq))
+						_ = WriteHistory(path, h)
+						fmt.Fprintf(os.Stderr, "bench: run kept for a look: %s (lab logs beside it)\n%s\n", path, Timeline(h))
+						keep = true
+					}
 					if len(r.Violations) > 0 {
 						closeLab() // start the next run from a fresh lab
 					}
