@@ -650,8 +650,8 @@ func (n *nemesis) repairOnce(ctx context.Context, since map[string]time.Time) {
 	}
 }
 
-// replicationOf lists the members streaming from m and whether m is in
-// recovery.
+// replicationOf lists the members streaming from m (steadily: for 2 s
+// at least) and whether m is in recovery.
 func replicationOf(ctx context.Context, l *Lab, m string) (streaming []string, inRecovery bool, err error) {
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
@@ -663,7 +663,10 @@ func replicationOf(ctx context.Context, l *Lab, m string) (streaming []string, i
 	if err := conn.QueryRow(cctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil {
 		return nil, false, err
 	}
-	rows, err := conn.Query(cctx, "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'")
+	// Streaming for 2 s at least: a standby whose history diverged (it
+	// received WAL past the new primary's fork point) reconnects every
+	// 200 ms and is "streaming" for a moment each time.
+	rows, err := conn.Query(cctx, "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming' AND backend_start < now() - interval '2 seconds'")
 	if err != nil {
 		return nil, false, err
 	}

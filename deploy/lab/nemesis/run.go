@@ -273,7 +273,7 @@ func finalState(ctx context.Context, l *Lab, rec *recorder, table string) Final 
 		// a few seconds to be streaming, as settle did.
 		var streaming []string
 		var err error
-		_ = poll(ctx, 5*time.Second, func() (bool, error) {
+		_ = poll(ctx, 10*time.Second, func() (bool, error) {
 			streaming, _, err = replicationOf(ctx, l, f.Primary)
 			return err == nil && len(streaming) == len(l.Members)-1, nil
 		})
