@@ -27,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
@@ -161,17 +162,20 @@ func (a *Agents) Close() {
 	}
 }
 
-func (a *Agents) client(addr string) (vigilv1.NodeAgentClient, error) {
+func (a *Agents) client(addr string) (vigilv1.NodeAgentClient, *grpc.ClientConn, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {
-		return nil, ErrClosed
+		return nil, nil, ErrClosed
 	}
 	if cc := a.conns[addr]; cc != nil {
-		return vigilv1.NewNodeAgentClient(cc), nil
+		return vigilv1.NewNodeAgentClient(cc), cc, nil
 	}
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// Abortive close (SO_LINGER 0): closing the connection sends RST
+		// and drops what is still queued in it. See abort.
+		grpc.WithContextDialer(dialAbortive),
 		// Reconnect quickly after an agent restart or a healed
 		// partition: gRPC's default back-off grows to 2 minutes, during
 		// which calls fail at once and the agent gets no leases.
@@ -185,20 +189,60 @@ func (a *Agents) client(addr string) (vigilv1.NodeAgentClient, error) {
 	opts = append(opts, a.dialOpts...)
 	cc, err := grpc.NewClient(addr, opts...) // connects on first use
 	if err != nil {
-		return nil, fmt.Errorf("viprouter: agent %s: %w", addr, err)
+		return nil, nil, fmt.Errorf("viprouter: agent %s: %w", addr, err)
 	}
 	a.conns[addr] = cc
-	return vigilv1.NewNodeAgentClient(cc), nil
+	return vigilv1.NewNodeAgentClient(cc), cc, nil
 }
 
-// agentFor returns the client for member's agent in group.
-func (a *Agents) agentFor(group, member string) (vigilv1.NodeAgentClient, string, error) {
+// dialAbortive dials TCP with SO_LINGER 0, so that closing the connection
+// resets it instead of flushing what it still holds.
+func dialAbortive(ctx context.Context, addr string) (net.Conn, error) {
+	c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	return c, nil
+}
+
+// abort drops the connection a call to addr went out on when that call
+// ended without an answer (timed out or cancelled): the request may still
+// sit in the connection's send queue, and TCP would deliver it when a cut
+// heals — an AddVIP, or a lease, applied seconds late, after a failover
+// moved the primary elsewhere (the nemesis suite saw exactly that: a
+// fenced old primary given its VIP back for 56 ms). Closing the
+// connection (abortive: RST) discards it; the next call dials anew.
+// Calls in flight on it end too; they were going to the same unreachable
+// agent.
+func (a *Agents) abort(addr string, cc *grpc.ClientConn, err error) {
+	if cc == nil || err == nil || !unreachable(err) {
+		return // answered (perhaps with a refusal): nothing is left queued
+	}
+	a.mu.Lock()
+	if a.conns[addr] == cc {
+		delete(a.conns, addr)
+	} else {
+		cc = nil // already replaced (and closed) by another call
+	}
+	a.mu.Unlock()
+	if cc != nil {
+		a.log.Debug("dropped the connection to an agent after a call without an answer", "agent", addr, "err", err)
+		_ = cc.Close()
+	}
+}
+
+// agentFor returns the client for member's agent in group, and the
+// connection it uses (for abort).
+func (a *Agents) agentFor(group, member string) (vigilv1.NodeAgentClient, string, *grpc.ClientConn, error) {
 	addr, ok := a.addrOf(group, member)
 	if !ok || addr == "" {
-		return nil, "", fmt.Errorf("%w %q of group %q", ErrNoAgent, member, group)
+		return nil, "", nil, fmt.Errorf("%w %q of group %q", ErrNoAgent, member, group)
 	}
-	c, err := a.client(addr)
-	return c, addr, err
+	c, cc, err := a.client(addr)
+	return c, addr, cc, err
 }
 
 // refusalLogEvery is the rate limit of refusal warnings: at most one line
@@ -304,7 +348,7 @@ func (r router) Route(ctx context.Context, act failover.Action) error {
 	log := a.log.With("group", act.Group, "epoch", act.Epoch, "old", act.Old.Name, "new", act.New.Name)
 
 	if act.Old.Name != "" && act.Old.Name != act.New.Name {
-		c, addr, err := a.agentFor(act.Group, act.Old.Name)
+		c, addr, cc, err := a.agentFor(act.Group, act.Old.Name)
 		switch {
 		case errors.Is(err, ErrNoAgent):
 			log.Debug("old primary has no node agent; not removing its VIP")
@@ -317,6 +361,7 @@ func (r router) Route(ctx context.Context, act failover.Action) error {
 			cctx, cancel := context.WithTimeout(ctx, min(a.callTimeout, removeOldTimeout))
 			resp, err := c.RemoveVIP(cctx, req)
 			cancel()
+			a.abort(addr, cc, err)
 			a.refused("RemoveVIP", act.Group, act.Old.Name, addr, act.Epoch, err)
 			switch {
 			case err == nil:
@@ -337,13 +382,14 @@ func (r router) Route(ctx context.Context, act failover.Action) error {
 		}
 	}
 
-	c, addr, err := a.agentFor(act.Group, act.New.Name)
+	c, addr, cc, err := a.agentFor(act.Group, act.New.Name)
 	if err != nil {
 		return err
 	}
 	cctx, cancel := context.WithTimeout(ctx, a.callTimeout)
 	defer cancel()
 	resp, err := c.AddVIP(cctx, req)
+	a.abort(addr, cc, err)
 	if err != nil {
 		a.refused("AddVIP", act.Group, act.New.Name, addr, act.Epoch, err)
 		return callError("AddVIP", act.Group, act.New.Name, addr, act.Epoch, err)
@@ -364,7 +410,7 @@ func (f fencer) Fence(ctx context.Context, act failover.Action) (failover.FenceR
 	if err := validAction(act); err != nil {
 		return failover.FenceResult{Detail: err.Error()}, err
 	}
-	c, addr, err := a.agentFor(act.Group, act.Old.Name)
+	c, addr, cc, err := a.agentFor(act.Group, act.Old.Name)
 	if err != nil {
 		return failover.FenceResult{Detail: err.Error()}, err
 	}
@@ -374,6 +420,7 @@ func (f fencer) Fence(ctx context.Context, act failover.Action) (failover.FenceR
 	pctx, pcancel := context.WithTimeout(ctx, min(a.callTimeout, time.Second))
 	_, err = c.Status(pctx, &vigilv1.AgentStatusRequest{})
 	pcancel()
+	a.abort(addr, cc, err)
 	if err != nil {
 		a.refused("Status", act.Group, act.Old.Name, addr, act.Epoch, err)
 		err = callError("Fence (reachability check)", act.Group, act.Old.Name, addr, act.Epoch, err)
@@ -387,6 +434,7 @@ func (f fencer) Fence(ctx context.Context, act failover.Action) (failover.FenceR
 	// background, and on a hung database they would only time out.
 	resp, err := c.Fence(cctx, &vigilv1.AgentFenceRequest{Group: act.Group, Epoch: act.Epoch, Observer: a.self,
 		WaitSql: act.Kind == fsm.KindSwitchover})
+	a.abort(addr, cc, err)
 	if err != nil {
 		a.refused("Fence", act.Group, act.Old.Name, addr, act.Epoch, err)
 		err = callError("Fence", act.Group, act.Old.Name, addr, act.Epoch, err)
@@ -428,13 +476,14 @@ func (a *Agents) LeaseTo(ctx context.Context, group, member string, epoch uint64
 	if group == "" || primary == "" || member == "" {
 		return nil, fmt.Errorf("viprouter: lease needs a group, a member and a primary (got %q, %q, %q)", group, member, primary)
 	}
-	c, addr, err := a.agentFor(group, member)
+	c, addr, cc, err := a.agentFor(group, member)
 	if err != nil {
 		return nil, err
 	}
 	cctx, cancel := context.WithTimeout(ctx, a.leaseTimeout)
 	defer cancel()
 	resp, err := c.Lease(cctx, &vigilv1.LeaseRequest{Group: group, Epoch: epoch, Observer: a.self, Primary: primary})
+	a.abort(addr, cc, err)
 	if err != nil {
 		a.refused("Lease", group, member, addr, epoch, err)
 		return nil, callError("Lease", group, member, addr, epoch, err)

@@ -165,6 +165,9 @@ func NewLab(ctx context.Context, cfg LabConfig) (_ *Lab, err error) {
 	opts := pglab.Options{Standbys: 2, Sync: cfg.Sync, BaseDir: pgBase, ExtraConf: []string{
 		// Clients are cut loose quickly when a fence drops their packets.
 		"tcp_keepalives_idle = 2", "tcp_keepalives_interval = 1", "tcp_keepalives_count = 2",
+		// A lab reused for hundreds of runs must not fill its disks
+		// (a 1 GB disk did: "No space left on device" at a promotion).
+		"max_wal_size = 512MB",
 	}}
 	if cfg.Sync {
 		// Every member, not only the initial standbys: after a failover
@@ -215,7 +218,9 @@ func (l *Lab) makeDisk(m, pgBase string) error {
 	img := filepath.Join(l.Cfg.Dir, "disk-"+m+".img")
 	mnt := filepath.Join(l.Cfg.Dir, "disk-"+m)
 	for _, c := range [][]string{
-		{"truncate", "-s", "1G", img},
+		// Sparse: room for wal_keep_size and max_wal_size with margin,
+		// after hundreds of runs on one lab.
+		{"truncate", "-s", "4G", img},
 		{"mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1", img},
 		{"mkdir", "-p", mnt},
 		{"mount", "-o", "loop", img, mnt},
