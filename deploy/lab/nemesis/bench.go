@@ -59,7 +59,8 @@ func BenchOnce(ctx context.Context, l *Lab, kind string, seq int) (BenchRun, *Hi
 	plan := Plan{Seed: int64(seq), Sync: l.Cfg.Sync, Length: 0, Faults: []Planned{{
 		At: 1500 * time.Millisecond, Kind: kind, Hold: benchHold, Pick: seq,
 		until: func(rec *recorder, f Fault) bool {
-			return firstOther(rec.snapshotAttempts(), "vip", f) > 0 && firstOther(rec.snapshotAttempts(), "haproxy", f) > 0
+			attempts := rec.snapshotAttempts()
+			return firstOther(attempts, "vip", f) > 0 && firstOther(attempts, "haproxy", f) > 0
 		},
 	}}}
 	h, err := runPlan(ctx, l, plan, RunConfig{Seed: int64(seq), Settle: 60 * time.Second})

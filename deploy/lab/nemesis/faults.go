@@ -235,7 +235,7 @@ func (n *nemesis) inject(ctx context.Context, f Planned) {
 		i := n.record(fault)
 		err = pn.Kill()
 		heal = func() string { return errString(pn.Start(context.Background())) }
-		n.finish(ctx, i, f, prim, err, heal)
+		n.finishHeld(ctx, i, f, prim, err, heal)
 		return
 	case KindKillHost:
 		// Powered off: frozen, silent on the network (no RST), then
@@ -255,13 +255,13 @@ func (n *nemesis) inject(ctx context.Context, f Planned) {
 			herr = firstErr(herr, l.waitAgent(context.Background(), prim))
 			return errString(herr, pn.Start(context.Background()))
 		}
-		n.finish(ctx, i, f, prim, err, heal)
+		n.finishHeld(ctx, i, f, prim, err, heal)
 		return
 	case KindHangPrimary:
 		i := n.record(fault)
 		err = pn.Stop()
 		heal = func() string { return errString(pn.Cont()) }
-		n.finish(ctx, i, f, prim, err, heal)
+		n.finishHeld(ctx, i, f, prim, err, heal)
 		return
 	case KindPartitionPrimary, KindPartitionOne, KindPartitionOneWay:
 		obs := l.Observers
@@ -288,7 +288,7 @@ func (n *nemesis) inject(ctx context.Context, f Planned) {
 			}
 			return errString(herr)
 		}
-		n.finish(ctx, i, f, prim, err, heal)
+		n.finishHeld(ctx, i, f, prim, err, heal)
 		return
 	case KindSplitLeaderAlone, KindSplitLeaderMajor:
 		leader, lerr := l.Leader(ctx)
@@ -298,15 +298,9 @@ func (n *nemesis) inject(ctx context.Context, f Planned) {
 		}
 		alone := leader
 		if f.Kind == KindSplitLeaderMajor {
-			others := slices.DeleteFunc(slices.Clone(l.Observers), func(o string) bool { return o == leader })
-			alone = others[f.Pick%2]
+			alone = except(l.Observers, leader)[f.Pick%2]
 		}
-		var rest []string
-		for _, o := range l.Observers {
-			if o != alone {
-				rest = append(rest, o)
-			}
-		}
+		rest := except(l.Observers, alone)
 		fault.Target = alone + "|" + strings.Join(rest, ",")
 		fault.Detail = "leader " + leader
 		holdMember = ""
@@ -361,7 +355,7 @@ func (n *nemesis) inject(ctx context.Context, f Planned) {
 		i := n.record(fault)
 		err = l.KillAgent(prim)
 		heal = func() string { return errString(l.StartAgent(prim)) }
-		n.finish(ctx, i, f, prim, err, heal)
+		n.finishHeld(ctx, i, f, prim, err, heal)
 		return
 	case KindStallDisk:
 		mnt := l.Disk(prim)
@@ -372,7 +366,7 @@ func (n *nemesis) inject(ctx context.Context, f Planned) {
 		i := n.record(fault)
 		err = runCmd(ctx, "fsfreeze", "-f", mnt)
 		heal = func() string { return errString(runCmd(context.Background(), "fsfreeze", "-u", mnt)) }
-		n.finish(ctx, i, f, prim, err, heal)
+		n.finishHeld(ctx, i, f, prim, err, heal)
 		return
 	case KindFlapPrimary:
 		i := n.record(fault)
@@ -399,12 +393,7 @@ func (n *nemesis) inject(ctx context.Context, f Planned) {
 		n.hold(prim, -1)
 		return
 	case KindPauseReplay:
-		var standbys []string
-		for _, m := range l.Members {
-			if m != prim {
-				standbys = append(standbys, m)
-			}
-		}
+		standbys := except(l.Members, prim)
 		sb := standbys[f.Pick%len(standbys)]
 		fault.Target = sb
 		holdMember = sb
@@ -434,12 +423,7 @@ func (n *nemesis) inject(ctx context.Context, f Planned) {
 		n.finishHeld(ctx, i, f, holdMember, err, heal)
 		return
 	case KindSwitchover:
-		var standbys []string
-		for _, m := range l.Members {
-			if m != prim {
-				standbys = append(standbys, m)
-			}
-		}
+		standbys := except(l.Members, prim)
 		to := standbys[f.Pick%len(standbys)]
 		fault.Target = to
 		fault.Justifies = true
@@ -463,11 +447,8 @@ func (n *nemesis) inject(ctx context.Context, f Planned) {
 	}
 }
 
-// finish holds member m for the fault's hold, then heals.
-func (n *nemesis) finish(ctx context.Context, i int, f Planned, m string, err error, heal func() string) {
-	n.finishHeld(ctx, i, f, m, err, heal)
-}
-
+// finishHeld holds member m (none when "") for the fault's hold, then
+// heals; a fault that could not be injected is healed at once.
 func (n *nemesis) finishHeld(ctx context.Context, i int, f Planned, m string, err error, heal func() string) {
 	if m != "" {
 		n.hold(m, 1)
@@ -694,6 +675,11 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	case <-ctx.Done():
 	case <-time.After(d):
 	}
+}
+
+// except returns list without drop, in order.
+func except(list []string, drop string) []string {
+	return slices.DeleteFunc(slices.Clone(list), func(x string) bool { return x == drop })
 }
 
 func firstErr(a, b error) error {
