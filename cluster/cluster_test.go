@@ -5,11 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/vigilha/vigil/cluster"
 	"github.com/vigilha/vigil/cluster/clustertest"
+	"github.com/vigilha/vigil/cluster/config"
 	vigilv1 "github.com/vigilha/vigil/proto/vigil/v1"
 )
 
@@ -188,5 +191,35 @@ func TestStateIdenticalAndSurvivesRestartAndSnapshot(t *testing.T) {
 	g := sa.GetGroups()[0]
 	if !g.GetPaused() || g.GetPausedReason() != "round 10" || len(g.GetHistory()) != 12 {
 		t.Fatalf("restored group = %v", g)
+	}
+}
+
+// A start that fails after Raft is up (here: the HTTP port is taken) must
+// return the error and close what it opened, not panic in its undo step,
+// so a retry on the same ports can succeed.
+func TestStartFailingLateUndoesAndRetries(t *testing.T) {
+	set := clustertest.GenerateConfigs(t, clustertest.ConfigOptions{})
+	cfg, err := config.Parse(set.YAML[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	taken, err := net.Listen("tcp", cfg.HTTP.Listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = cluster.New(cluster.Options{Config: cfg})
+	if err == nil || !strings.Contains(err.Error(), "listen for http on "+cfg.HTTP.Listen) {
+		t.Fatalf("start with the http port taken: got %v, want an error naming %s", err, cfg.HTTP.Listen)
+	}
+	// Raft, gossip and gRPC were closed again: their ports are free.
+	_ = taken.Close()
+	obs, err := cluster.New(cluster.Options{Config: cfg})
+	if err != nil {
+		t.Fatalf("retry after the port was freed: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := obs.Shutdown(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -94,7 +94,7 @@ type Observer struct {
 // New starts an observer: it opens the Raft stores in the data directory,
 // bootstraps the static observer set on first start only, joins gossip and
 // starts serving. On error everything already opened is closed again.
-func New(opts Options) (o *Observer, err error) {
+func New(opts Options) (_ *Observer, err error) {
 	cfg := opts.Config
 	if cfg == nil {
 		return nil, errors.New("start observer: no config")
@@ -116,7 +116,9 @@ func New(opts Options) (o *Observer, err error) {
 	if now == nil {
 		now = time.Now
 	}
-	o = &Observer{
+	// Not the named result: the undo closures below need o after a
+	// failing "return nil, err" has set the result to nil.
+	o := &Observer{
 		cfg: cfg, log: logger, now: now, reg: reg,
 		metrics:    newMetrics(reg, cfg.NodeID),
 		fsm:        fsm.New(),
