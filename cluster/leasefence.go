@@ -22,8 +22,9 @@ import (
 // own within lease_timeout. That counts as a fence only when it is really
 // enforced there, so Fence confirms only if all of these hold:
 //
-//   - the host is unreachable from this observer (a TCP connect to the
-//     agent times out; a refused or accepted connection means the host is
+//   - the host is unreachable from this observer (every connection attempt
+//     to the agent since its last answer timed out, or else a TCP connect
+//     now times out; a refused or accepted connection means the host is
 //     up and its agent dead or hung, and nothing enforces the lease), and
 //     the old primary is ODOWN (a quorum of observers sees it down);
 //   - the agent was seen alive and enforcing leases up to the cut: it
@@ -35,11 +36,14 @@ import (
 //     LeasesStopped (each answers only once it applied the intent and has
 //     no lease call in flight).
 //
-// It then waits, on this observer's monotonic clock, until the moment the
-// last of those observers stopped + the agent's lease_timeout + one lease
-// call timeout (a lease sent just before may still arrive) + 10% + 100ms,
-// and reports the traffic fenced and, if the agent said it has a database
-// fence, the database too. Reasoning: failover/DESIGN.md ("Clocks").
+// It then waits, on this observer's monotonic clock, until the latest
+// moment one of those observers' calls may still have given the old
+// primary support (the end of its last lease naming it the primary, or
+// AddVIP, whose request reached a connection) + the agent's
+// lease_timeout + 10% + 100ms — normally over by ODOWN, since calls to an
+// unreachable host never reach a connection — and reports the traffic
+// fenced and, if the agent said it has a database fence, the database
+// too. Reasoning: failover/DESIGN.md ("Clocks").
 type leaseExpiry struct {
 	o            *Observer
 	group        string
@@ -73,23 +77,29 @@ func (l leaseExpiry) Fence(ctx context.Context, a failover.Action) (failover.Fen
 	if gap := anchor.Sub(rec.lastOK); gap > l.window {
 		return no("%s's agent last answered a lease %s before the failover (more than %s): it may have been dead before the cut", a.Old.Name, gap.Round(time.Millisecond), l.window)
 	}
-	switch dialClass(ctx, addr, 500*time.Millisecond) {
-	case "connected":
-		// The agent's own Fence (run alongside) decides; if it fails, the
-		// agent is hung and enforces nothing either.
-		return no("%s's agent answers at %s: its own fence decides", a.Old.Name, addr)
-	case "refused":
-		return no("nothing listens on %s's agent port %s: the host is up and its agent is not running, so nothing enforces its lease", a.Old.Name, addr)
+	lt := max(l.leaseTimeout, rec.leaseTimeout)
+	// Unreachable, not up with a hung agent (whose kernel would still
+	// complete a handshake): every connection attempt of this observer's
+	// since the agent's last answer timed out. Without that evidence
+	// (recent, none connected or refused), one dial decides.
+	if !o.agents.Dials(addr).UnreachableSince(rec.lastOK, lt+o.agents.LeaseCallTimeout()+time.Second, time.Now()) {
+		switch dialClass(ctx, addr, 500*time.Millisecond) {
+		case "connected":
+			// The agent's own Fence (run alongside) decides; if it fails, the
+			// agent is hung and enforces nothing either.
+			return no("%s's agent answers at %s: its own fence decides", a.Old.Name, addr)
+		case "refused":
+			return no("nothing listens on %s's agent port %s: the host is up and its agent is not running, so nothing enforces its lease", a.Old.Name, addr)
+		}
 	}
 	if odown, _ := o.monitor.ODown(a.Group, a.Old.Name); !odown {
 		return no("%s is not ODOWN: a quorum of observers does not see it down", a.Old.Name)
 	}
-	stopped, err := o.quorumStoppedLeasing(ctx, a.Group, a.Epoch, a.Old.Name)
+	supportEnd, err := o.quorumStoppedLeasing(ctx, a.Group, a.Epoch, a.Old.Name)
 	if err != nil {
 		return no("%v", err)
 	}
-	lt := max(l.leaseTimeout, rec.leaseTimeout)
-	until := stopped.Add(lt + o.agents.LeaseCallTimeout() + lt/10 + 100*time.Millisecond)
+	until := supportEnd.Add(lt + lt/10 + 100*time.Millisecond)
 	if d := time.Until(until); d > 0 {
 		t := time.NewTimer(d)
 		defer t.Stop()
@@ -127,12 +137,16 @@ func dialClass(ctx context.Context, addr string, timeout time.Duration) string {
 
 // quorumStoppedLeasing waits until this observer and N−quorum others
 // have stopped leasing member (for the failover of epoch), and returns
-// when the last of them that was needed did, on this observer's clock.
+// the latest moment a call of one of them may still have given member
+// support, on this observer's clock: its own SupportEnd, and for each
+// other observer the moment its answer arrived less how long before
+// answering its last such call ended (that call ended before the answer
+// left, so no later than this bound).
 func (o *Observer) quorumStoppedLeasing(ctx context.Context, group string, epoch uint64, member string) (time.Time, error) {
-	self, err := o.leasesStopped(ctx, group, epoch)
-	if err != nil {
+	if _, err := o.leasesStopped(ctx, group, epoch); err != nil {
 		return time.Time{}, err
 	}
+	self := o.agents.SupportEnd(group, member)
 	need := len(o.cfg.Observers) - o.cfg.QuorumSize()
 	if need <= 0 {
 		return self, nil
@@ -153,8 +167,9 @@ func (o *Observer) quorumStoppedLeasing(ctx context.Context, group string, epoch
 			// clientFor checks the answering certificate names ob: an
 			// answer from anyone else must not count towards the quorum.
 			c, err := o.peers.clientFor(ob.ID, ob.GRPC)
+			var resp *vigilv1.LeasesStoppedResponse
 			if err == nil {
-				_, err = c.LeasesStopped(cctx, &vigilv1.LeasesStoppedRequest{Group: group, Epoch: epoch, Member: member})
+				resp, err = c.LeasesStopped(cctx, &vigilv1.LeasesStoppedRequest{Group: group, Epoch: epoch, Member: member})
 			}
 			if err != nil {
 				mu.Lock()
@@ -162,7 +177,7 @@ func (o *Observer) quorumStoppedLeasing(ctx context.Context, group string, epoch
 				mu.Unlock()
 				return
 			}
-			acks <- time.Now()
+			acks <- time.Now().Add(-time.Duration(resp.GetSupportEndedMsAgo()) * time.Millisecond)
 		}()
 	}
 	go func() { wg.Wait(); close(acks) }()
@@ -194,5 +209,20 @@ func (s *adminServer) LeasesStopped(ctx context.Context, req *vigilv1.LeasesStop
 	if _, err := s.o.leasesStopped(ctx, req.GetGroup(), req.GetEpoch()); err != nil {
 		return nil, toStatus(err)
 	}
-	return &vigilv1.LeasesStoppedResponse{Observer: s.o.cfg.NodeID, AppliedIndex: s.o.fsm.AppliedIndex()}, nil
+	// Never more than a day ago: an observer that never supported the
+	// member says so plainly, and the number stays far from overflow.
+	ago := int64(24 * time.Hour / time.Millisecond)
+	if end := s.o.agents.SupportEnd(req.GetGroup(), req.GetMember()); !end.IsZero() {
+		ago = min(ago, msAgo(time.Since(end)))
+	}
+	return &vigilv1.LeasesStoppedResponse{Observer: s.o.cfg.NodeID, AppliedIndex: s.o.fsm.AppliedIndex(), SupportEndedMsAgo: ago}, nil
+}
+
+// msAgo is d in whole milliseconds, rounded down (towards "later" for the
+// moment it dates: the bound must never move earlier).
+func msAgo(d time.Duration) int64 {
+	if d >= 0 {
+		return d.Milliseconds()
+	}
+	return -int64((-d + time.Millisecond - 1) / time.Millisecond)
 }

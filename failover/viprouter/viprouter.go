@@ -114,6 +114,8 @@ type Agents struct {
 	mu     sync.Mutex
 	conns  map[string]*grpc.ClientConn
 	closed bool
+
+	bookkeeping // delivery.go
 }
 
 // NewAgents returns clients acting as observer self. addrOf maps a group's
@@ -130,6 +132,7 @@ func NewAgents(self string, addrOf func(group, member string) (string, bool), ca
 		callTimeout: callTimeout,
 		conns:       map[string]*grpc.ClientConn{},
 		log:         slog.New(slog.DiscardHandler),
+		bookkeeping: bookkeeping{dials: map[string]DialRecord{}, support: map[string]*supportCalls{}, dial: dialAbortive},
 	}
 	for _, o := range opts {
 		o(a)
@@ -175,7 +178,9 @@ func (a *Agents) client(addr string) (vigilv1.NodeAgentClient, *grpc.ClientConn,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		// Abortive close (SO_LINGER 0): closing the connection sends RST
 		// and drops what is still queued in it. See abort.
-		grpc.WithContextDialer(dialAbortive),
+		grpc.WithContextDialer(a.dialRecorded),
+		// Which calls' requests reached a connection (delivery.go).
+		grpc.WithStatsHandler(sentHandler{}),
 		// Reconnect quickly after an agent restart or a healed
 		// partition: gRPC's default back-off grows to 2 minutes, during
 		// which calls fail at once and the agent gets no leases.
@@ -354,6 +359,11 @@ func (r router) Route(ctx context.Context, act failover.Action) error {
 			log.Debug("old primary has no node agent; not removing its VIP")
 		case err != nil:
 			return err
+		case a.Dials(addr).UnreachableSince(time.Now().Add(-time.Second), time.Second, time.Now()):
+			// Every connection attempt to it in the last second timed
+			// out: a RemoveVIP would only wait out its timeout. The fence
+			// step, committed before this one, verified the VIP off it.
+			log.Warn("old primary's agent unreachable; not waiting to remove its VIP: the fence step verified it gone", "agent", addr)
 		default:
 			// Short: a reachable agent answers in milliseconds, and the
 			// fence step has already verified the VIP off the old host; an
@@ -388,6 +398,8 @@ func (r router) Route(ctx context.Context, act failover.Action) error {
 	}
 	cctx, cancel := context.WithTimeout(ctx, a.callTimeout)
 	defer cancel()
+	cctx, ended := a.beginSupport(cctx, act.Group, act.New.Name)
+	defer ended()
 	resp, err := c.AddVIP(cctx, req)
 	a.abort(addr, cc, err)
 	if err != nil {
@@ -482,6 +494,11 @@ func (a *Agents) LeaseTo(ctx context.Context, group, member string, epoch uint64
 	}
 	cctx, cancel := context.WithTimeout(ctx, a.leaseTimeout)
 	defer cancel()
+	if primary == member {
+		var ended func()
+		cctx, ended = a.beginSupport(cctx, group, member)
+		defer ended() // at return, after abort
+	}
 	resp, err := c.Lease(cctx, &vigilv1.LeaseRequest{Group: group, Epoch: epoch, Observer: a.self, Primary: primary})
 	a.abort(addr, cc, err)
 	if err != nil {

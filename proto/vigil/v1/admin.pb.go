@@ -257,9 +257,15 @@ type LeasesStoppedResponse struct {
 	// The observer that answered.
 	Observer string `protobuf:"bytes,1,opt,name=observer,proto3" json:"observer,omitempty"`
 	// Raft index it had applied when it answered.
-	AppliedIndex  uint64 `protobuf:"varint,2,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	AppliedIndex uint64 `protobuf:"varint,2,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	// How long before this answer the last call of the answering observer
+	// that may have given the member support ended (a lease naming it the
+	// primary, an AddVIP, whose request reached a connection); negative
+	// while one is still in flight (minus its deadline). 0 — also from an
+	// observer that does not send it — counts as "at the answer".
+	SupportEndedMsAgo int64 `protobuf:"varint,3,opt,name=support_ended_ms_ago,json=supportEndedMsAgo,proto3" json:"support_ended_ms_ago,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *LeasesStoppedResponse) Reset() {
@@ -302,6 +308,13 @@ func (x *LeasesStoppedResponse) GetObserver() string {
 func (x *LeasesStoppedResponse) GetAppliedIndex() uint64 {
 	if x != nil {
 		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *LeasesStoppedResponse) GetSupportEndedMsAgo() int64 {
+	if x != nil {
+		return x.SupportEndedMsAgo
 	}
 	return 0
 }
@@ -1768,10 +1781,11 @@ const file_vigil_v1_admin_proto_rawDesc = "" +
 	"\x14LeasesStoppedRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x16\n" +
-	"\x06member\x18\x03 \x01(\tR\x06member\"X\n" +
+	"\x06member\x18\x03 \x01(\tR\x06member\"\x89\x01\n" +
 	"\x15LeasesStoppedResponse\x12\x1a\n" +
 	"\bobserver\x18\x01 \x01(\tR\bobserver\x12#\n" +
-	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\"&\n" +
+	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12/\n" +
+	"\x14support_ended_ms_ago\x18\x03 \x01(\x03R\x11supportEndedMsAgo\"&\n" +
 	"\x0eHistoryRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\"\xb5\x01\n" +
 	"\x0fHistoryResponse\x12\x14\n" +
