@@ -3,6 +3,7 @@ package health
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -122,8 +123,8 @@ func Aggregate(self string, votes []Vote, p Params, prev MemberState, now time.T
 	if s.DownVotes < s.Quorum {
 		return s // streak broken: DownSince, ODown and ODownSince stay zero
 	}
-	s.DownSince = now
-	if !prev.DownSince.IsZero() {
+	s.DownSince = downEvidenceStart(counted, s.Quorum, now)
+	if !prev.DownSince.IsZero() && prev.DownSince.Before(s.DownSince) {
 		s.DownSince = prev.DownSince
 	}
 	if now.Sub(s.DownSince) >= p.DownAfter {
@@ -149,4 +150,31 @@ func fresh(t, now time.Time, maxAge time.Duration) bool {
 	}
 	age := now.Sub(t)
 	return age <= maxAge && age >= -maxAge
+}
+
+// downEvidenceStart is since when at least quorum of the counted down
+// votes have said down: a vote's evidence starts at now, or earlier when
+// it says its observer saw the member down for DownFor before observing
+// (a write stall), so that a stall already as long as down_after becomes
+// ODOWN as soon as a quorum reports it, not down_after later.
+func downEvidenceStart(counted map[string]Vote, quorum int, now time.Time) time.Time {
+	var starts []time.Time
+	for _, v := range counted {
+		if v.Verdict != VerdictDown {
+			continue
+		}
+		t := now
+		if v.DownFor > 0 {
+			if e := v.ObservedAt.Add(-v.DownFor); e.Before(t) {
+				t = e
+			}
+		}
+		starts = append(starts, t)
+	}
+	if quorum < 1 || len(starts) < quorum {
+		return now
+	}
+	// The quorum-th earliest start: from then on quorum of them held.
+	slices.SortFunc(starts, func(x, y time.Time) int { return x.Compare(y) })
+	return starts[quorum-1]
 }

@@ -395,6 +395,32 @@ func TestVoteBookConcurrent(t *testing.T) {
 	}
 }
 
+// A quorum of write-stall votes that already say "down for down_after"
+// make the member ODOWN at once, since the quorum-th latest evidence
+// start; fewer such votes than a quorum change nothing.
+func TestAggregateWriteStallVotesBackdateTheStreak(t *testing.T) {
+	now := t0.Add(10 * time.Second)
+	stall := func(obs string, downFor time.Duration) Vote {
+		v := vote(obs, VerdictDown, now.Add(-100*time.Millisecond))
+		v.DownFor = downFor
+		return v
+	}
+	s := Aggregate("a", []Vote{stall("a", 2500*time.Millisecond), stall("b", 2100*time.Millisecond), stall("c", 300*time.Millisecond)}, params3, MemberState{}, now)
+	// Evidence starts: a 2.6 s, b 2.2 s, c 0.4 s ago; from b's on, two hold.
+	if want := now.Add(-2200 * time.Millisecond); !s.ODown || !s.DownSince.Equal(want) || !s.ODownSince.Equal(want.Add(params3.DownAfter)) {
+		t.Fatalf("quorum of stall votes: %+v, want ODOWN with DownSince %v", s, want)
+	}
+	s = Aggregate("a", []Vote{stall("a", 2500*time.Millisecond), vote("b", VerdictDown, now), vote("c", VerdictUp, now)}, params3, MemberState{}, now)
+	if s.ODown || !s.DownSince.Equal(now) {
+		t.Fatalf("one stall vote and one plain down vote: %+v, want the streak to start now", s)
+	}
+	// A streak already running keeps its earlier start.
+	prev := MemberState{DownSince: now.Add(-5 * time.Second)}
+	if s := Aggregate("a", []Vote{stall("a", time.Second), stall("b", time.Second)}, params3, prev, now); !s.DownSince.Equal(prev.DownSince) {
+		t.Fatalf("running streak: DownSince %v, want %v", s.DownSince, prev.DownSince)
+	}
+}
+
 func TestVoteFromResult(t *testing.T) {
 	r := Result{Verdict: VerdictUp, Role: RolePrimary, CurrentLSN: 100, ReplayLSN: 7, At: t0}
 	v := VoteFromResult("a", "g", "m", r, 3)

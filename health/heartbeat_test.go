@@ -263,7 +263,7 @@ func TestJudgeHeartbeat(t *testing.T) {
 	at := func(d time.Duration) time.Time { return t0.Add(d) }
 	timeout := fmt.Errorf("heartbeat: %w", context.DeadlineExceeded)
 	judge := func(begin, end time.Duration, err error) Result {
-		r := Result{Verdict: VerdictUp, Role: RolePrimary, CurrentLSN: 42}
+		r := Result{Verdict: VerdictUp, Role: RolePrimary, CurrentLSN: 42, At: at(begin)}
 		p.judgeHeartbeat(&r, at(begin), at(end), err, err != nil && (errors.Is(err, context.DeadlineExceeded) || isSQLState(err, "57014")))
 		return r
 	}
@@ -282,6 +282,14 @@ func TestJudgeHeartbeat(t *testing.T) {
 	if r.Verdict != VerdictDown || r.ErrKind != KindWriteStalled || r.Role != RolePrimary || r.CurrentLSN != 42 ||
 		r.Err != "writes stalled for 1.3s (heartbeat write timed out)" {
 		t.Fatalf("stalled for 1.3s: %+v", r)
+	}
+	// The vote says down since the first failed write began (1 s before
+	// this probe began): ODOWN need not wait down_after again.
+	if r.Heartbeat.FailingFor != time.Second {
+		t.Fatalf("failing for %s, want 1s (first failed write at 0, this probe at 1s)", r.Heartbeat.FailingFor)
+	}
+	if v := VoteFromResult("a", "g", "m", r, 1); v.DownFor != time.Second {
+		t.Fatalf("stall vote down for %s, want 1s", v.DownFor)
 	}
 
 	// A success resets; the next stall counts from that success.

@@ -211,6 +211,8 @@ type writeTracker struct {
 	// last seen writable, the start of the first failed one. Zero until
 	// a heartbeat commits or fails.
 	since time.Time
+	// firstFail is when the first failed heartbeat since since began.
+	firstFail time.Time
 }
 
 func (p *PostgresProbe) resetWrites() {
@@ -329,9 +331,13 @@ func (p *PostgresProbe) judgeHeartbeat(r *Result, begin, end time.Time, err erro
 	if p.writes.since.IsZero() {
 		p.writes.since = begin
 	}
+	if p.writes.firstFail.IsZero() {
+		p.writes.firstFail = begin
+	}
 	stalled := max(end.Sub(p.writes.since), 0)
 	r.Heartbeat.Stalling = true
 	r.Heartbeat.StalledFor = stalled
+	r.Heartbeat.FailingFor = min(max(r.At.Sub(p.writes.firstFail), 0), stalled)
 	summary := fmt.Sprintf("writes stalled for %s (heartbeat write %s)", stalled.Round(100*time.Millisecond), heartbeatFailure(err))
 	if stalled < p.writeStallAfter {
 		if r.Err == "" {

@@ -140,6 +140,11 @@ type HeartbeatResult struct {
 	// configured write_stall_after, the Result is down with
 	// KindWriteStalled.
 	StalledFor time.Duration
+	// FailingFor is how long before this probe began the first of the
+	// failed heartbeats now adding up to StalledFor began (never more
+	// than StalledFor). A stall verdict has been true on this evidence
+	// for that long: the vote carries it (Vote.DownFor).
+	FailingFor time.Duration
 }
 
 // Prober checks one member. Probe must return promptly once ctx is done,

@@ -19,6 +19,12 @@ type Vote struct {
 	LagBytes  int64
 	// ObservedAt is when the observer's probe began (its own clock).
 	ObservedAt time.Time
+	// DownFor, on a down vote, is how long before ObservedAt the
+	// observer's own evidence already said down: a primary whose writes
+	// stall (health.KindWriteStalled) is down for writes since its first
+	// failed heartbeat. Zero for every other verdict: the down streak then
+	// starts when the votes are counted.
+	DownFor time.Duration
 	// Sequence orders one observer's votes about one member; it must
 	// grow across the observer's restarts too (e.g. derive it from the
 	// wall clock), or the restarted observer's votes are ignored until it
@@ -42,8 +48,17 @@ func VoteFromResult(observer, group, member string, r Result, seq uint64) Vote {
 		ReplayLSN:  lsn,
 		LagBytes:   r.LagBytes,
 		ObservedAt: r.At,
+		DownFor:    downFor(r),
 		Sequence:   seq,
 	}
+}
+
+// downFor is Vote.DownFor for a Result.
+func downFor(r Result) time.Duration {
+	if r.Verdict != VerdictDown || r.ErrKind != KindWriteStalled {
+		return 0
+	}
+	return min(r.Heartbeat.FailingFor, maxAge)
 }
 
 type memberKey struct{ group, member string }

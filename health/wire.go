@@ -149,6 +149,7 @@ func toWire(v Vote, now time.Time) *vigilv1.WireVote {
 		Verdict: verdictToWire(v.Verdict), Role: roleToWire(v.Role),
 		WalLsn: v.ReplayLSN, LagBytes: v.LagBytes,
 		AgeMs: uint32(age / time.Millisecond), Sequence: v.Sequence, ReadOnly: v.ReadOnly,
+		DownForMs: uint32(min(max(v.DownFor, 0), maxAge) / time.Millisecond),
 	}
 }
 
@@ -211,13 +212,17 @@ func DecodePacket(b []byte, now time.Time) (Packet, error) {
 		if age > maxAge {
 			return Packet{}, fmt.Errorf("%w: votes[%d].age_ms: %d", ErrMalformed, i, w.GetAgeMs())
 		}
+		downFor := time.Duration(w.GetDownForMs()) * time.Millisecond
+		if downFor > maxAge || (downFor > 0 && verdict != VerdictDown) {
+			return Packet{}, fmt.Errorf("%w: votes[%d].down_for_ms: %d on a %s vote", ErrMalformed, i, w.GetDownForMs(), verdict)
+		}
 		if w.GetSequence() == 0 || w.GetLagBytes() < 0 {
 			return Packet{}, fmt.Errorf("%w: votes[%d]: zero sequence or negative lag", ErrMalformed, i)
 		}
 		votes = append(votes, Vote{
 			Observer: batch.GetObserver(), Group: w.GetGroup(), Member: w.GetMember(),
 			Verdict: verdict, Role: role, ReadOnly: w.GetReadOnly(), ReplayLSN: w.GetWalLsn(), LagBytes: w.GetLagBytes(),
-			ObservedAt: now.Add(-age), Sequence: w.GetSequence(),
+			ObservedAt: now.Add(-age), DownFor: downFor, Sequence: w.GetSequence(),
 		})
 	}
 	return Packet{

@@ -22,7 +22,7 @@ func TestEncodeDecodeRoundTripAndPacketSize(t *testing.T) {
 	for i := 0; i < 200; i++ {
 		votes = append(votes, Vote{Observer: "obs1", Group: fmt.Sprintf("group-%03d", i), Member: "db1",
 			Verdict: VerdictDown, Role: RoleStandby, ReplayLSN: 1 << 40, LagBytes: 12345,
-			ObservedAt: wireNow.Add(-1500 * time.Millisecond), Sequence: uint64(1000 + i)})
+			ObservedAt: wireNow.Add(-1500 * time.Millisecond), Sequence: uint64(1000 + i), DownFor: time.Duration(i) * time.Millisecond})
 	}
 	packets, err := EncodeVotes("obs1", votes, wireNow)
 	if err != nil {
@@ -84,6 +84,11 @@ func TestDecodeRejectsBadPackets(t *testing.T) {
 		"zero sequence":   {mk(func(b *vigilv1.VoteBatch) { b.Votes[0].Sequence = 0 }), ErrMalformed},
 		"negative lag":    {mk(func(b *vigilv1.VoteBatch) { b.Votes[0].LagBytes = -1 }), ErrMalformed},
 		"absurd age":      {mk(func(b *vigilv1.VoteBatch) { b.Votes[0].AgeMs = 1 << 31 }), ErrMalformed},
+		"absurd down_for": {mk(func(b *vigilv1.VoteBatch) {
+			b.Votes[0].Verdict = vigilv1.Verdict_VERDICT_DOWN
+			b.Votes[0].DownForMs = 1 << 31
+		}), ErrMalformed},
+		"down_for on up":  {mk(func(b *vigilv1.VoteBatch) { b.Votes[0].DownForMs = 1000 }), ErrMalformed},
 		"one bad of many": {mk(func(b *vigilv1.VoteBatch) { b.Votes = append(b.Votes, &vigilv1.WireVote{Group: "g"}) }), ErrMalformed},
 		"zero batch seq":  {mk(func(b *vigilv1.VoteBatch) { b.Sequence = 0 }), ErrMalformed},
 		"no batch":        {wrap(nil, []byte{1, 2, 3}), ErrMalformed},

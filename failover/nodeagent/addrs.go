@@ -25,7 +25,8 @@ type Addrs interface {
 	// Add adds cidr to iface; false (and no error) if it is already there.
 	Add(iface, cidr string) (bool, error)
 	// Del removes cidr from iface; false (and no error) if it is not there
-	// (or iface does not exist).
+	// (or iface does not exist). Connections still open on the address
+	// are aborted (see netlinkAddrs.Del).
 	Del(iface, cidr string) (bool, error)
 	// Has reports whether cidr is on iface (false if iface does not exist).
 	Has(iface, cidr string) (bool, error)
@@ -79,15 +80,49 @@ func (netlinkAddrs) Del(iface, cidr string) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("remove %s from %s: %w", cidr, iface, err)
 	}
+	// Before the removal: a reset needs its source address to be local.
+	// After it too: a client may have reconnected in between.
+	abortConnections(addr.IP)
 	err = netlink.AddrDel(link, addr)
 	switch {
 	case err == nil:
+		abortConnections(addr.IP)
 		return true, nil
 	case errors.Is(err, syscall.EADDRNOTAVAIL): // "cannot assign requested address": not there
 		return false, nil
 	}
 	return false, fmt.Errorf("remove %s from %s: %w", cidr, iface, err)
 }
+
+// abortConnections destroys the TCP connections whose local address is
+// ip (SOCK_DESTROY, what `ss -K` does): the kernel keeps a connection
+// open after its address is removed, and a client waiting for an answer
+// from a hung or stalled primary would otherwise wait out its own
+// timeout before it reconnects to the VIP's new holder. Destroying the
+// socket sends the client a reset at once — while the address is still
+// local (a reset from a removed address is not sent; Del aborts before
+// removing it, and once more after). Best effort: a kernel without
+// CONFIG_INET_DIAG_DESTROY refuses, and the VIP is gone all the same.
+func abortConnections(ip net.IP) {
+	if ip.To4() == nil {
+		return // the netlink helper destroys IPv4 sockets only
+	}
+	socks, err := netlink.SocketDiagTCP(syscall.AF_INET)
+	if err != nil && len(socks) == 0 {
+		return
+	}
+	for _, s := range socks {
+		id := s.ID
+		if !id.Source.Equal(ip) || s.State == tcpListen {
+			continue
+		}
+		_ = netlink.SocketDestroy(&net.TCPAddr{IP: id.Source, Port: int(id.SourcePort)},
+			&net.TCPAddr{IP: id.Destination, Port: int(id.DestinationPort)})
+	}
+}
+
+// tcpListen is TCP_LISTEN in the kernel's socket states.
+const tcpListen = 10
 
 func (netlinkAddrs) Has(iface, cidr string) (bool, error) {
 	link, want, err := linkAndAddr(iface, cidr)

@@ -3,6 +3,7 @@ package nodeagent
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -10,6 +11,7 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -284,5 +286,48 @@ func TestNetlinkAddrsInNetns(t *testing.T) {
 	// The test's own namespace was never touched.
 	if out := run(t, "ip", "-4", "addr", "show"); strings.Contains(out, vip) {
 		t.Fatalf("VIP leaked into the test's namespace:\n%s", out)
+	}
+}
+
+// TestDelAbortsConnectionsOnTheVIP: removing the VIP resets the
+// connections still open on it, so a client waiting for an answer from a
+// hung or stalled old primary reconnects at once instead of waiting out
+// its own timeout.
+func TestDelAbortsConnectionsOnTheVIP(t *testing.T) {
+	requireNetns(t)
+	ns := newNetns(t, "vigil-na-abort")
+	const vip, cidr = "192.0.2.50", "192.0.2.50/32"
+	a := netlinkAddrs{}
+	var ln net.Listener
+	var client, server net.Conn
+	if err := inNetns(t, ns, func() error {
+		if _, err := a.Add("lo", cidr); err != nil {
+			return err
+		}
+		var err error
+		if ln, err = net.Listen("tcp", vip+":0"); err != nil {
+			return err
+		}
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.1")}, Timeout: 5 * time.Second}
+		if client, err = d.Dial("tcp", ln.Addr().String()); err != nil {
+			return err
+		}
+		server, err = ln.Accept()
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	defer client.Close()
+	defer server.Close()
+
+	if err := inNetns(t, ns, func() error { _, err := a.Del("lo", cidr); return err }); err != nil {
+		t.Fatal(err)
+	}
+	// The server never answers: only a reset ends this read early.
+	_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := client.Read(make([]byte, 1))
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("client read after the VIP was removed: %v, want a connection reset", err)
 	}
 }

@@ -266,7 +266,11 @@ type WireVote struct {
 	Sequence uint64 `protobuf:"varint,8,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	// A primary that starts new sessions read-only (fenced): up, but not a
 	// writable primary.
-	ReadOnly      bool `protobuf:"varint,9,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	ReadOnly bool `protobuf:"varint,9,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	// On a down vote: how long before the observation the observer's own
+	// evidence already said down (a primary whose writes stall: since its
+	// first failed heartbeat); 0 otherwise.
+	DownForMs     uint32 `protobuf:"varint,10,opt,name=down_for_ms,json=downForMs,proto3" json:"down_for_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -364,6 +368,13 @@ func (x *WireVote) GetReadOnly() bool {
 	return false
 }
 
+func (x *WireVote) GetDownForMs() uint32 {
+	if x != nil {
+		return x.DownForMs
+	}
+	return 0
+}
+
 var File_vigil_v1_gossip_proto protoreflect.FileDescriptor
 
 const file_vigil_v1_gossip_proto_rawDesc = "" +
@@ -376,7 +387,7 @@ const file_vigil_v1_gossip_proto_rawDesc = "" +
 	"\tVoteBatch\x12\x1a\n" +
 	"\bobserver\x18\x01 \x01(\tR\bobserver\x12(\n" +
 	"\x05votes\x18\x02 \x03(\v2\x12.vigil.v1.WireVoteR\x05votes\x12\x1a\n" +
-	"\bsequence\x18\x03 \x01(\x04R\bsequence\"\x8f\x02\n" +
+	"\bsequence\x18\x03 \x01(\x04R\bsequence\"\xaf\x02\n" +
 	"\bWireVote\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x16\n" +
 	"\x06member\x18\x02 \x01(\tR\x06member\x12+\n" +
@@ -386,7 +397,9 @@ const file_vigil_v1_gossip_proto_rawDesc = "" +
 	"\tlag_bytes\x18\x06 \x01(\x03R\blagBytes\x12\x15\n" +
 	"\x06age_ms\x18\a \x01(\rR\x05ageMs\x12\x1a\n" +
 	"\bsequence\x18\b \x01(\x04R\bsequence\x12\x1b\n" +
-	"\tread_only\x18\t \x01(\bR\breadOnly*D\n" +
+	"\tread_only\x18\t \x01(\bR\breadOnly\x12\x1e\n" +
+	"\vdown_for_ms\x18\n" +
+	" \x01(\rR\tdownForMs*D\n" +
 	"\aVerdict\x12\x17\n" +
 	"\x13VERDICT_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
