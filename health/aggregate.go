@@ -87,7 +87,9 @@ type MemberState struct {
 // <= StaleAfter; a stale or foreign vote is no vote, never a down vote.
 // Several votes from one observer count once (the highest Sequence).
 // Every evaluation without quorum down resets the streak, so a member
-// flapping faster than DownAfter never becomes ODOWN.
+// flapping faster than DownAfter never becomes ODOWN. A new streak starts
+// when the quorum's evidence began (downEvidenceStart), not when the
+// votes happened to be counted.
 func Aggregate(self string, votes []Vote, p Params, prev MemberState, now time.Time) MemberState {
 	configured := make(map[string]bool, len(p.Observers))
 	for _, o := range p.Observers {
@@ -153,10 +155,13 @@ func fresh(t, now time.Time, maxAge time.Duration) bool {
 }
 
 // downEvidenceStart is since when at least quorum of the counted down
-// votes have said down: a vote's evidence starts at now, or earlier when
-// it says its observer saw the member down for DownFor before observing
+// votes have said down. A vote's evidence starts when its probe began
+// (ObservedAt: a probe that timed out saw no answer from then on; Redis
+// Sentinel counts from the last valid reply, earlier still), or earlier
+// by DownFor when its observer had already seen the member down that long
 // (a write stall), so that a stall already as long as down_after becomes
-// ODOWN as soon as a quorum reports it, not down_after later.
+// ODOWN as soon as a quorum reports it, not down_after later. Never
+// after now.
 func downEvidenceStart(counted map[string]Vote, quorum int, now time.Time) time.Time {
 	var starts []time.Time
 	for _, v := range counted {
@@ -164,10 +169,8 @@ func downEvidenceStart(counted map[string]Vote, quorum int, now time.Time) time.
 			continue
 		}
 		t := now
-		if v.DownFor > 0 {
-			if e := v.ObservedAt.Add(-v.DownFor); e.Before(t) {
-				t = e
-			}
+		if e := v.ObservedAt.Add(-max(v.DownFor, 0)); e.Before(t) {
+			t = e
 		}
 		starts = append(starts, t)
 	}

@@ -396,7 +396,7 @@ func TestVoteBookConcurrent(t *testing.T) {
 }
 
 // A quorum of write-stall votes that already say "down for down_after"
-// make the member ODOWN at once, since the quorum-th latest evidence
+// make the member ODOWN at once, since the quorum-th earliest evidence
 // start; fewer such votes than a quorum change nothing.
 func TestAggregateWriteStallVotesBackdateTheStreak(t *testing.T) {
 	now := t0.Add(10 * time.Second)
@@ -413,6 +413,12 @@ func TestAggregateWriteStallVotesBackdateTheStreak(t *testing.T) {
 	s = Aggregate("a", []Vote{stall("a", 2500*time.Millisecond), vote("b", VerdictDown, now), vote("c", VerdictUp, now)}, params3, MemberState{}, now)
 	if s.ODown || !s.DownSince.Equal(now) {
 		t.Fatalf("one stall vote and one plain down vote: %+v, want the streak to start now", s)
+	}
+	// Plain down votes date from when their probes began (a probe that
+	// timed out saw no answer since then): the second earliest of two.
+	s = Aggregate("a", []Vote{vote("a", VerdictDown, now.Add(-300*time.Millisecond)), vote("b", VerdictDown, now.Add(-100*time.Millisecond))}, params3, MemberState{}, now)
+	if want := now.Add(-100 * time.Millisecond); s.ODown || !s.DownSince.Equal(want) {
+		t.Fatalf("two plain down votes: %+v, want DownSince %v", s, want)
 	}
 	// A streak already running keeps its earlier start.
 	prev := MemberState{DownSince: now.Add(-5 * time.Second)}

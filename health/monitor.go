@@ -415,6 +415,14 @@ func (m *Monitor) Receive(packet []byte) {
 	var changed []string
 	for _, v := range p.Votes {
 		if stored, prev, had := m.book.swap(v); stored {
+			if v.Verdict == VerdictDown && (!had || prev.Verdict != VerdictDown) && !m.seesDown(v.Group, v.Member) {
+				// A peer just saw it go down: look again now rather than at
+				// the next interval, so a quorum's evidence is complete
+				// about one probe sooner. Once per change of that peer's
+				// verdict: a peer alone in seeing it down (cut off from it)
+				// does not double this observer's probe rate.
+				m.Kick(v.Group, v.Member)
+			}
 			m.m.votesReceived.Inc()
 			m.mu.Lock()
 			if v.Verdict == VerdictUp && v.Role == RolePrimary {
@@ -908,4 +916,15 @@ func (m *Monitor) Subscribe(buffer int) (<-chan Change, func()) {
 		delete(m.subs, id)
 		m.mu.Unlock()
 	}
+}
+
+// seesDown reports whether this observer's own latest vote about the
+// member says down.
+func (m *Monitor) seesDown(group, member string) bool {
+	for _, v := range m.book.Votes(group, member) {
+		if v.Observer == m.cfg.Self {
+			return v.Verdict == VerdictDown
+		}
+	}
+	return false
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -189,5 +190,100 @@ func TestODownEvaluatedWhenDue(t *testing.T) {
 			t.Fatal("ODOWN never reported: the monitor waited for its evaluation interval")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// countingProber answers up and counts its probes.
+type countingProber struct{ n *atomic.Int64 }
+
+func (p countingProber) Probe(context.Context) Result {
+	p.n.Add(1)
+	return Result{Verdict: VerdictUp, Role: RolePrimary, At: time.Now()}
+}
+
+// A peer's vote turning down makes this observer probe the member at
+// once (not at its next interval, an hour here), once per change of that
+// peer's verdict: a peer that keeps voting down does not speed up this
+// observer's probes.
+func TestPeerDownVoteKicksAProbe(t *testing.T) {
+	m, err := NewMonitor(MonitorConfig{Self: "a", Observers: []string{"a", "b", "c"}, Quorum: 2, Send: func([]byte) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var probes atomic.Int64
+	plan := routingPlan("db1")
+	for i := range plan[0].Members {
+		plan[0].Members[i].Interval = time.Hour
+		plan[0].Members[i].ProberKey = "counting"
+		if plan[0].Members[i].Name == "db1" {
+			plan[0].Members[i].NewProber = func() Prober { return countingProber{&probes} }
+		}
+	}
+	if err := m.SetGroups(plan); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	seq := uint64(0)
+	send := func(obs string, v Verdict) {
+		seq++
+		now := time.Now()
+		packets, err := EncodeVotes(obs, []Vote{{Observer: obs, Group: "pg-main", Member: "db1", Verdict: v, ObservedAt: now, Sequence: seq}}, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range packets {
+			m.Receive(p)
+		}
+	}
+	waitProbes := func(want int64) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for probes.Load() < want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d probes of db1, want %d", probes.Load(), want)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		// And this observer's own vote is in the book.
+		for !slices.ContainsFunc(m.book.Votes("pg-main", "db1"), func(v Vote) bool { return v.Observer == "a" }) {
+			if time.Now().After(deadline) {
+				t.Fatal("own vote never stored")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	// Kicks reach only a running probe worker: wait for db1's.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		m.runner.mu.Lock()
+		w := m.runner.workers[targetKey{"pg-main", "db1"}]
+		m.runner.mu.Unlock()
+		if w != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("db1's probe worker never started")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	base := probes.Load()
+	send("b", VerdictDown)
+	waitProbes(base + 1)
+	after := probes.Load()
+	send("b", VerdictDown) // no change of b's verdict: no kick
+	send("b", VerdictDown)
+	send("c", VerdictDown) // c's verdict changed: one more probe
+	waitProbes(after + 1)
+	// Give a wrongly kicked probe time to show up before counting.
+	deadline = time.Now().Add(200 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		if probes.Load() > after+1 {
+			t.Fatalf("%d probes after b's repeated down votes and c's change, want %d", probes.Load(), after+1)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
