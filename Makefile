@@ -9,7 +9,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GOBIN_DIR := $(shell $(GO) env GOPATH)/bin
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build test soak bench-matrix fuzz proto proto-tools lint bench demo demo-cluster clean
+.PHONY: all build test soak bench-matrix steady-loss fuzz proto proto-tools lint bench demo demo-cluster clean
 
 all: lint build
 
@@ -53,6 +53,20 @@ bench-matrix:
 	VIGIL_REQUIRE_TOOLS=1 VIGIL_REQUIRE_PG=1 VIGIL_REQUIRE_NETNS=1 \
 	VIGIL_BENCH_MATRIX=1 VIGIL_BENCH_RUNS=$(BENCH_RUNS) VIGIL_BENCH_DOC=$(CURDIR)/docs/BENCHMARKS.md \
 	$(GO) test $(GOFLAGS_BUILD) -count=1 -timeout 0 -run '^TestBenchMatrix$$' -v ./deploy/lab/nemesis/
+
+## steady-loss: the false-failover proof of an operating point: steady
+## writes with STEADY_LOSS % random packet loss on every observer for
+## STEADY_FOR (default 1h at 200ms/1s; STEADY_OP=500ms/2s for the other),
+## no other fault; the result goes into docs/BENCHMARKS.md. Root only.
+STEADY_FOR ?= 1h
+STEADY_LOSS ?= 5
+STEADY_OP ?= 200ms/1s
+steady-loss:
+	bash deploy/lab/install-deps.sh
+	VIGIL_REQUIRE_TOOLS=1 VIGIL_REQUIRE_PG=1 VIGIL_REQUIRE_NETNS=1 \
+	VIGIL_STEADY_FOR=$(STEADY_FOR) VIGIL_STEADY_LOSS=$(STEADY_LOSS) VIGIL_STEADY_OP=$(STEADY_OP) \
+	VIGIL_BENCH_DOC=$(CURDIR)/docs/BENCHMARKS.md \
+	$(GO) test $(GOFLAGS_BUILD) -count=1 -timeout 0 -run '^TestSteadyLoss$$' -v ./deploy/lab/nemesis/
 
 proto-tools:
 	@command -v protoc >/dev/null || { echo "protoc missing: apt-get install -y protobuf-compiler libprotobuf-dev" >&2; exit 1; }

@@ -31,6 +31,8 @@ func healthPlans(cfg *config.Config, groups []*vigilv1.Group) []health.GroupPlan
 			Name: spec.GetName(), Primary: g.GetPrimary(),
 			DownAfter: local.DownAfter.D(), StaleAfter: local.StaleAfter.D(),
 			RoleBlind: local.Probe.Type != config.ProbePostgres,
+			// A standby's replay stalls as a primary's writes do.
+			ReplayStallAfter: local.WriteStallAfter.D(),
 		}
 		addrs := map[string]string{}
 		for _, m := range local.Members {

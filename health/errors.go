@@ -43,6 +43,11 @@ const (
 	// heartbeat writes have not completed for write_stall_after (e.g. a
 	// frozen or hung disk).
 	KindWriteStalled ErrorKind = "write_stalled"
+	// KindReplayStalled: a standby still answers, but its replay position
+	// has not moved for the group's write_stall_after while the primary,
+	// seen up, was ahead of it (a hung disk, paused replay, a long replay
+	// conflict): it would not be a safe failover target.
+	KindReplayStalled ErrorKind = "replay_stalled"
 )
 
 // ClassifyError maps an error from dialing, TLS, HTTP or pgx to a kind.

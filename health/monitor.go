@@ -85,6 +85,10 @@ type GroupPlan struct {
 	// RoleBlind: the group's probe cannot tell roles (TCP, HTTP), so a
 	// primary that a quorum sees up is as routable as it gets.
 	RoleBlind bool
+	// ReplayStallAfter > 0 votes a standby down (KindReplayStalled) whose
+	// replay has not moved for that long while the primary was ahead of
+	// it (judgeReplayLocked). Postgres groups set it to write_stall_after.
+	ReplayStallAfter time.Duration
 }
 
 // MemberPlan is one member to probe.
@@ -132,6 +136,7 @@ type Monitor struct {
 	signErrAt time.Time
 	dirty     map[memberKey]Vote
 	ownRes    map[memberKey]Result
+	replay    map[memberKey]replayTrack
 	subs      map[int]chan Change
 	nextSub   int
 	// primaries remembers, per group, the last primary seen up and how far
@@ -205,7 +210,7 @@ func NewMonitor(cfg MonitorConfig) (*Monitor, error) {
 	m := &Monitor{
 		cfg: cfg, now: cfg.Now, log: cfg.Logger, book: NewVoteBook(),
 		plans: map[string]GroupPlan{}, probers: map[memberKey]proberEntry{}, evals: map[memberKey]*memberEval{},
-		dirty: map[memberKey]Vote{}, ownRes: map[memberKey]Result{}, subs: map[int]chan Change{},
+		dirty: map[memberKey]Vote{}, ownRes: map[memberKey]Result{}, replay: map[memberKey]replayTrack{}, subs: map[int]chan Change{},
 		primaries: map[string]PrimaryMemo{}, marks: map[string]seqMark{},
 		rearm: make(chan struct{}, 1), flushNow: make(chan struct{}, 1),
 	}
@@ -251,6 +256,7 @@ func (m *Monitor) SetGroups(plans []GroupPlan) error {
 			gone = append(gone, k)
 			delete(m.probers, k)
 			delete(m.evals, k)
+			delete(m.replay, k)
 			delete(m.dirty, k)
 			delete(m.ownRes, k)
 		}
@@ -277,6 +283,7 @@ func (m *Monitor) observe(t Target, r Result) {
 		m.mu.Unlock()
 		return // removed meanwhile
 	}
+	m.judgeReplayLocked(k, &r)
 	v := VoteFromResult(m.cfg.Self, t.Group, t.Member, r, m.nextSeqLocked())
 	stored, prev, had := m.book.swap(v)
 	changed := stored && m.changesLocked(prev, had, v)
@@ -927,4 +934,56 @@ func (m *Monitor) seesDown(group, member string) bool {
 		}
 	}
 	return false
+}
+
+// replayTrack is what this observer's probes remember of one standby's
+// replay (judgeReplayLocked).
+type replayTrack struct {
+	lsn uint64 // replay position last seen
+	// behindSince: since when, with lsn unchanged, this observer has seen
+	// the primary up and ahead of it; zero while it is not.
+	behindSince time.Time
+	// stalled stays set until the replay position moves again: a standby
+	// found stalled while the primary was up stays no failover target
+	// after the primary dies.
+	stalled bool
+}
+
+// judgeReplayLocked applies the group's ReplayStallAfter to a standby's
+// result: one whose replay position has not moved for that long while
+// this observer's own fresh probes saw the primary up with its WAL ahead
+// of that position — it had WAL to replay and replayed none — is made
+// down with KindReplayStalled, so that it is never chosen as the failover
+// target, until its replay moves. A primary that is idle (not ahead) or
+// down (its last position may never reach any standby) starts nothing.
+// m.mu is held.
+func (m *Monitor) judgeReplayLocked(k memberKey, r *Result) {
+	g := m.plans[k.group]
+	if g.ReplayStallAfter <= 0 || r.Verdict != VerdictUp || r.Role != RoleStandby || k.member == g.Primary {
+		delete(m.replay, k)
+		return
+	}
+	tr, had := m.replay[k]
+	if !had || r.ReplayLSN != tr.lsn {
+		tr = replayTrack{lsn: r.ReplayLSN}
+	}
+	p, ok := m.ownRes[memberKey{k.group, g.Primary}]
+	ahead := ok && p.Verdict == VerdictUp && p.Role == RolePrimary && p.CurrentLSN > tr.lsn &&
+		r.At.Sub(p.At).Abs() <= g.StaleAfter
+	switch {
+	case ahead && tr.behindSince.IsZero():
+		tr.behindSince = r.At
+	case !ahead && !tr.stalled:
+		tr.behindSince = time.Time{}
+	}
+	if !tr.behindSince.IsZero() && r.At.Sub(tr.behindSince) >= g.ReplayStallAfter {
+		tr.stalled = true
+	}
+	m.replay[k] = tr
+	if tr.stalled {
+		r.Verdict = VerdictDown
+		r.ErrKind = KindReplayStalled
+		r.Err = fmt.Sprintf("replay stalled at %s for %s while the primary %s was ahead of it",
+			FormatLSN(tr.lsn), r.At.Sub(tr.behindSince).Round(100*time.Millisecond), g.Primary)
+	}
 }
