@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -63,6 +64,38 @@ func parse(data []byte, dir string) (*Config, error) {
 		return nil, errors.Join(errs...)
 	}
 	return c, nil
+}
+
+// DecodeChecked decodes one YAML document into out (a pointer to a
+// struct) as this package decodes observer configs: unknown keys (with a
+// "did you mean"), values of the wrong type, repeated keys and empty list
+// entries are each reported as a *FieldError naming its path, and the rest
+// of the document is still decoded so that it can be validated too. It
+// returns those problems and covers, which reports whether a field path
+// had one (a validation error about such a field, now at its zero value,
+// would mislead). err is a document that cannot be read at all (empty,
+// not YAML, more than one document). Used for the node agent's config.
+func DecodeChecked(data []byte, out any) (problems []error, covers func(field string) bool, err error) {
+	root, err := parseDocument(data)
+	if err != nil {
+		return nil, nil, err
+	}
+	t := reflect.TypeOf(out)
+	if t == nil || t.Kind() != reflect.Pointer || t.Elem().Kind() != reflect.Struct {
+		return nil, nil, fmt.Errorf("decode config: want a pointer to a struct, got %T", out)
+	}
+	var w walker
+	w.walk(root, "", t.Elem())
+	if len(w.errs) == 0 {
+		dec := yaml.NewDecoder(bytes.NewReader(data))
+		dec.KnownFields(true)
+		if err := dec.Decode(out); err != nil {
+			return nil, nil, err // the walker should have caught it
+		}
+	} else if err := root.Decode(out); err != nil {
+		return append(w.errs, err), w.covers, nil
+	}
+	return w.errs, w.covers, nil
 }
 
 // parseDocument parses data into a node tree and returns the top-level
@@ -229,7 +262,12 @@ func (w *walker) walk(n *yaml.Node, path string, t reflect.Type) {
 		// Decoding a lone scalar involves no struct, so the lack of
 		// KnownFields in Node.Decode does not matter here.
 		if err := n.Decode(reflect.New(t).Interface()); err != nil {
-			w.add(path, n.Value, "expected %s", describeType(t))
+			if msg, ok := unmarshalerReason(t, err); ok {
+				// The type's own UnmarshalYAML said what is wrong.
+				w.add(path, nil, "%s", msg)
+			} else {
+				w.add(path, n.Value, "expected %s", describeType(t))
+			}
 			blank(n)
 		}
 	}
@@ -399,7 +437,8 @@ func describeNode(n *yaml.Node) string {
 
 func describeType(t reflect.Type) string {
 	switch {
-	case t == durationType:
+	case t == durationType || t.Name() == "Duration":
+		// Also the node agent's Duration (DecodeChecked).
 		return `a duration such as "500ms"`
 	case t == byteSizeType:
 		return "a byte size such as 16MiB"
@@ -415,4 +454,19 @@ func describeType(t reflect.Type) string {
 		return "true or false"
 	}
 	return t.String()
+}
+
+var (
+	unmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
+	positionPrefix  = regexp.MustCompile(`^line \d+(?: column \d+)?: `)
+)
+
+// unmarshalerReason is the reason a type's own UnmarshalYAML gave for
+// refusing a value, without yaml's position prefix (the path says where).
+func unmarshalerReason(t reflect.Type, err error) (string, bool) {
+	var te *yaml.TypeError
+	if !reflect.PointerTo(t).Implements(unmarshalerType) || !errors.As(err, &te) || len(te.Errors) != 1 {
+		return "", false
+	}
+	return positionPrefix.ReplaceAllString(te.Errors[0], ""), true
 }

@@ -276,6 +276,33 @@ func TestConfigCheckAndBadConfigs(t *testing.T) {
 	if code := run([]string{"observer", "--nope"}, &out, &errOut); code != 2 {
 		t.Fatalf("bad flag: code %d, want 2", code)
 	}
+
+	// A node agent config is told apart by its keys and checked as one,
+	// every problem at once.
+	nodeYAML := "node: db1host\nlisten: 10.0.0.11:7501\ndata_dir: " + filepath.Join(dir, "node") +
+		"\nobservers: [obs1, obs2, obs3]\nlease_timeout: 1s\ngroups:\n  - {name: pg-main, member: db1, vip: 10.0.0.100/32, interface: eth0}\n"
+	node := filepath.Join(dir, "node.yaml")
+	if err := os.WriteFile(node, []byte(nodeYAML), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	errOut.Reset()
+	if code := run([]string{"config", "check", "--config", node}, &out, &errOut); code != 0 || !strings.Contains(out.String(), "valid node agent config (node db1host") {
+		t.Fatalf("config check of a good node config: code %d, %s%s", code, out.String(), errOut.String())
+	}
+	badNode := filepath.Join(dir, "bad-node.yaml")
+	broken = strings.Replace(strings.Replace(nodeYAML, "lease_timeout", "lease_timout", 1), "10.0.0.11:7501", "10.0.0.11:99999", 1)
+	if err := os.WriteFile(badNode, []byte(broken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	errOut.Reset()
+	code := run([]string{"config", "check", "--config", badNode}, &out, &errOut)
+	for _, want := range []string{`lease_timout: unknown field (did you mean "lease_timeout"?)`, `listen: "10.0.0.11:99999"`} {
+		if code != 1 || !strings.Contains(errOut.String(), want) {
+			t.Errorf("config check of a bad node config: code %d, stderr %q should contain %q", code, errOut.String(), want)
+		}
+	}
 }
 
 func TestCertsAndVigilctlOverTLS(t *testing.T) {

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
+	"gopkg.in/yaml.v3"
 
 	"github.com/vigilha/vigil/cluster"
 	"github.com/vigilha/vigil/cluster/config"
@@ -175,29 +176,70 @@ Needs CAP_NET_ADMIN and CAP_NET_RAW.`,
 }
 
 func newConfigCmd(stdout io.Writer) *cobra.Command {
-	cmd := &cobra.Command{Use: "config", Short: "Work with observer config files"}
-	var path string
+	cmd := &cobra.Command{Use: "config", Short: "Work with observer and node agent config files"}
+	var path, kind string
 	check := &cobra.Command{
-		Use:     "check --config FILE",
-		Short:   "Validate a config file and report every problem",
-		Example: "  vigil config check --config /etc/vigil/observer.yaml",
+		Use:   "check --config FILE [--kind auto|observer|node]",
+		Short: "Validate a config file and report every problem",
+		Long: `Validate an observer config (vigil observer) or a node agent config
+(vigil node) and report every problem at once, each naming its field and
+value. --kind auto (the default) tells them apart by their keys: an
+observer config has node_id, a node agent config has node.`,
+		Example: "  vigil config check --config /etc/vigil/observer.yaml\n  vigil config check --config /etc/vigil/node.yaml",
 		Args:    cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			if path == "" {
 				return usageError{errors.New("config check: --config is required")}
 			}
-			cfg, err := config.Load(path)
-			if err != nil {
-				return err
+			k := kind
+			if k == "auto" {
+				k = configKind(path)
 			}
-			fmt.Fprintf(stdout, "%s: valid (observer %s, %d observers, quorum %d, %d groups)\n",
-				path, cfg.NodeID, len(cfg.Observers), cfg.QuorumSize(), len(cfg.Groups))
+			switch k {
+			case "observer":
+				cfg, err := config.Load(path)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(stdout, "%s: valid observer config (observer %s, %d observers, quorum %d, %d groups)\n",
+					path, cfg.NodeID, len(cfg.Observers), cfg.QuorumSize(), len(cfg.Groups))
+			case "node":
+				cfg, err := nodeagent.Load(path)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(stdout, "%s: valid node agent config (node %s, listen %s, %d observers, quorum %d, lease_timeout %s, %d groups)\n",
+					path, cfg.Node, cfg.Listen, len(cfg.Observers), cfg.QuorumSize(), cfg.LeaseTimeout, len(cfg.Groups))
+			default:
+				return usageError{fmt.Errorf("config check: --kind %q: want auto, observer or node", kind)}
+			}
 			return nil
 		},
 	}
 	check.Flags().StringVarP(&path, "config", "c", "", "path to the YAML config (required)")
+	check.Flags().StringVar(&kind, "kind", "auto", "which config: auto, observer or node")
 	cmd.AddCommand(check)
 	return cmd
+}
+
+// configKind tells a node agent config (top-level key node, no node_id)
+// from an observer config; anything unreadable is left to the observer
+// loader, whose errors are the more complete.
+func configKind(path string) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "observer"
+	}
+	var top map[string]any
+	if yaml.Unmarshal(data, &top) != nil {
+		return "observer"
+	}
+	_, node := top["node"]
+	_, nodeID := top["node_id"]
+	if node && !nodeID {
+		return "node"
+	}
+	return "observer"
 }
 
 func newKeygenCmd(stdout io.Writer) *cobra.Command {

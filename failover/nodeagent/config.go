@@ -1,7 +1,6 @@
 package nodeagent
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +16,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/vigilha/vigil/cluster/config"
 )
 
 // Defaults for zero (or absent) configuration values.
@@ -203,86 +204,6 @@ func posError(n *yaml.Node, msg string) error {
 	return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d column %d: %s", n.Line, n.Column, msg)}}
 }
 
-var (
-	linePrefix   = regexp.MustCompile(`^line (\d+)(?: column (\d+))?: (.*)$`)
-	unknownField = regexp.MustCompile(`^field (\S+) not found in type `)
-)
-
-// decodeErrors turns yaml.v3's decode errors, which name only a line,
-// into errors naming the field path ("groups[0].fence_timeout: ..."),
-// found in the document's node tree.
-func decodeErrors(data []byte, te *yaml.TypeError) error {
-	var root yaml.Node
-	_ = yaml.Unmarshal(data, &root)
-	type pos struct{ line, col int }
-	keys := map[pos]string{}   // key node -> path
-	values := map[pos]string{} // value node -> path
-	lineValues := map[int][]string{}
-	var walk func(n *yaml.Node, path string)
-	walk = func(n *yaml.Node, path string) {
-		switch n.Kind {
-		case yaml.DocumentNode:
-			for _, c := range n.Content {
-				walk(c, path)
-			}
-		case yaml.MappingNode:
-			for i := 0; i+1 < len(n.Content); i += 2 {
-				k, v := n.Content[i], n.Content[i+1]
-				p := k.Value
-				if path != "" {
-					p = path + "." + k.Value
-				}
-				keys[pos{k.Line, k.Column}] = p
-				values[pos{v.Line, v.Column}] = p
-				lineValues[v.Line] = append(lineValues[v.Line], p)
-				walk(v, p)
-			}
-		case yaml.SequenceNode:
-			for i, c := range n.Content {
-				p := fmt.Sprintf("%s[%d]", path, i)
-				values[pos{c.Line, c.Column}] = p
-				lineValues[c.Line] = append(lineValues[c.Line], p)
-				walk(c, p)
-			}
-		}
-	}
-	walk(&root, "")
-	errs := make([]error, 0, len(te.Errors))
-	for _, msg := range te.Errors {
-		m := linePrefix.FindStringSubmatch(msg)
-		if m == nil {
-			errs = append(errs, errors.New(msg))
-			continue
-		}
-		line, _ := strconv.Atoi(m[1])
-		rest := m[3]
-		if u := unknownField.FindStringSubmatch(rest); u != nil {
-			field := u[1]
-			for p, path := range keys {
-				if p.line == line && (path == field || strings.HasSuffix(path, "."+field)) {
-					field = path
-					break
-				}
-			}
-			errs = append(errs, fmt.Errorf("%s: unknown key (line %d)", field, line))
-			continue
-		}
-		path := ""
-		if m[2] != "" {
-			col, _ := strconv.Atoi(m[2])
-			path = values[pos{line, col}]
-		} else if ps := lineValues[line]; len(ps) == 1 {
-			path = ps[0]
-		}
-		if path == "" {
-			errs = append(errs, fmt.Errorf("line %d: %s", line, rest))
-		} else {
-			errs = append(errs, fmt.Errorf("%s: %s (line %d)", path, rest, line))
-		}
-	}
-	return errors.Join(errs...)
-}
-
 // FieldError is one problem in a configuration, naming the field and its
 // value: `groups[0].vip: "10.0.0.300/32": not an IPv4 address in CIDR form`.
 type FieldError struct {
@@ -314,7 +235,7 @@ func Load(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nodeagent config: %w", err)
 	}
-	c, err := decode(data)
+	c, problems, covers, err := decode(data)
 	if err != nil {
 		return nil, fmt.Errorf("nodeagent config %s: %w", path, err)
 	}
@@ -340,8 +261,7 @@ func Load(path string) (*Config, error) {
 		}
 		*f.p = abs
 	}
-	c.ApplyDefaults()
-	if err := c.Validate(); err != nil {
+	if err := c.finish(problems, covers); err != nil {
 		return nil, fmt.Errorf("nodeagent config %s: %w", path, err)
 	}
 	return c, nil
@@ -351,40 +271,50 @@ func Load(path string) (*Config, error) {
 // applies defaults and validates it; all problems are reported together.
 // Relative paths stay relative to the working directory.
 func Parse(data []byte) (*Config, error) {
-	c, err := decode(data)
+	c, problems, covers, err := decode(data)
 	if err != nil {
 		return nil, err
 	}
-	c.ApplyDefaults()
-	if err := c.Validate(); err != nil {
+	if err := c.finish(problems, covers); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-// decode decodes a single YAML document strictly.
-func decode(data []byte) (*Config, error) {
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
+// decode decodes a single YAML document strictly, the way the observer's
+// config is decoded (config.DecodeChecked): every unknown key (with "did
+// you mean"), wrong type or repeated key is a problem naming its path,
+// and the rest is decoded all the same so that finish can validate it.
+func decode(data []byte) (*Config, []error, func(string) bool, error) {
 	var c Config
-	if err := dec.Decode(&c); err != nil {
-		var te *yaml.TypeError
-		switch {
-		case errors.Is(err, io.EOF):
-			return nil, errors.New("empty configuration")
-		case errors.As(err, &te):
-			return nil, decodeErrors(data, te)
-		}
-		return nil, err
+	problems, covers, err := config.DecodeChecked(data, &c)
+	if err != nil {
+		return nil, nil, nil, err
 	}
-	var extra yaml.Node
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		if err != nil {
-			return nil, err
+	return &c, problems, covers, nil
+}
+
+// finish applies the defaults and validates, and returns every problem
+// at once: the decode problems, then the validation errors except those
+// about a field that already had a decode problem (it holds its zero
+// value now, and a complaint about that would mislead).
+func (c *Config) finish(problems []error, covers func(string) bool) error {
+	c.ApplyDefaults()
+	errs := problems
+	if err := c.Validate(); err != nil {
+		list := []error{err}
+		if u, ok := err.(interface{ Unwrap() []error }); ok {
+			list = u.Unwrap()
 		}
-		return nil, fmt.Errorf("line %d: a second YAML document; the configuration must be a single document", extra.Line)
+		for _, e := range list {
+			var fe *FieldError
+			if errors.As(e, &fe) && covers(fe.Field) {
+				continue
+			}
+			errs = append(errs, e)
+		}
 	}
-	return &c, nil
+	return errors.Join(errs...)
 }
 
 // ApplyDefaults replaces zero values with their defaults.

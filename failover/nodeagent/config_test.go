@@ -84,8 +84,8 @@ func TestParseErrorsNameFieldAndValue(t *testing.T) {
 		name, yaml string
 		want       []string
 	}{
-		{"unknown key", base("quorum: 0", "quorum: 0\nquorom: 2"), []string{"quorom: unknown key (line 7)"}},
-		{"unknown group key", base("interface: eth0", "interface: eth0\n    iface: eth1"), []string{"groups[0].iface: unknown key"}},
+		{"unknown key", base("quorum: 0", "quorum: 0\nquorom: 2"), []string{`quorom: unknown field (did you mean "quorum"?)`}},
+		{"unknown group key", base("interface: eth0", "interface: eth0\n    iface: eth1"), []string{"groups[0].iface: unknown field (known: database_fence, fence_command, fence_timeout, interface, member, name, vip)"}},
 		{"bad vip", base("10.0.0.100/32", "10.0.0.300/32"), []string{`groups[0].vip: "10.0.0.300/32"`, "CIDR"}},
 		{"vip without prefix", base("10.0.0.100/32", "10.0.0.100"), []string{`groups[0].vip: "10.0.0.100"`}},
 		{"ipv6 vip", base("10.0.0.100/32", "2001:db8::1/128"), []string{`groups[0].vip: "2001:db8::1/128"`, "IPv4"}},
@@ -96,7 +96,7 @@ func TestParseErrorsNameFieldAndValue(t *testing.T) {
 		{"lease too short", base("lease_timeout: 1s", "lease_timeout: 1ms"), []string{"lease_timeout: 1ms: must be between"}},
 		{"duration without unit", base("lease_timeout: 1s", "lease_timeout: 5"), []string{`lease_timeout: "5": a duration needs a unit`}},
 		{"bad flow duration", base("interval: 100ms", "interval: 1x"), []string{`garp.interval: "1x": not a duration`}},
-		{"wrong type", base("quorum: 0", "quorum: abc"), []string{"quorum: cannot unmarshal"}},
+		{"wrong type", base("quorum: 0", "quorum: abc"), []string{`quorum: "abc": expected an integer`}},
 		{"garp count", base("count: 3", "count: 1000"), []string{"garp.count: 1000"}},
 		{"listen", base("10.0.0.11:7501", "10.0.0.11"), []string{`listen: "10.0.0.11"`}},
 		{"interface", base("interface: eth0", "interface: a/b"), []string{`groups[0].interface: "a/b"`}},
@@ -202,7 +202,7 @@ func TestParseTLS(t *testing.T) {
 		}
 	}
 	_, err = Parse([]byte(exampleYAML + "tls: {ca: a, cert: b, key: c, kye: d}\n"))
-	if err == nil || !strings.Contains(err.Error(), "tls.kye: unknown key") {
+	if err == nil || !strings.Contains(err.Error(), `tls.kye: unknown field (did you mean "key"?)`) {
 		t.Errorf("unknown tls key: err = %v", err)
 	}
 }
@@ -221,5 +221,24 @@ func TestLoadResolvesTLSPaths(t *testing.T) {
 	want := TLS{CA: filepath.Join(dir, "certs", "ca.crt"), Cert: "/abs/db1.crt", Key: filepath.Join(filepath.Dir(dir), "db1.key")}
 	if c.TLS != want {
 		t.Errorf("tls = %+v, want %+v", c.TLS, want)
+	}
+}
+
+// Every problem at once: a misspelt key, a bad value elsewhere and a
+// missing required field are all reported by one Parse, not the first
+// alone (the observer's config does the same).
+func TestParseReportsEveryProblemAtOnce(t *testing.T) {
+	bad := strings.Replace(exampleYAML, "lease_timeout:", "lease_timout:", 1)
+	bad = strings.Replace(bad, "node: ", "nodee: ", 1)
+	bad += "max_connections: many\n"
+	_, err := Parse([]byte(bad))
+	if err == nil {
+		t.Fatal("a config with three problems parsed")
+	}
+	for _, want := range []string{`lease_timout: unknown field (did you mean "lease_timeout"?)`,
+		`nodee: unknown field (did you mean "node"?)`, `max_connections: "many": expected an integer`, "node: required"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not contain %q", err, want)
+		}
 	}
 }

@@ -82,7 +82,7 @@ func TestParseDatabaseFenceErrors(t *testing.T) {
 		{"port 0", section("port: 5432", "port: 0"), []string{"groups[0].database_fence.port: 0 is not a port (1..65535)"}},
 		{"port too big", section("port: 5432", "port: 65536"), []string{"groups[0].database_fence.port: 65536 is not a port (1..65535)"}},
 		{"port missing", section("      port: 5432\n", ""), []string{"groups[0].database_fence.port: 0 is not a port (1..65535)"}},
-		{"port not a number", section("port: 5432", "port: pg"), []string{"groups[0].database_fence.port: cannot unmarshal"}},
+		{"port not a number", section("port: 5432", "port: pg"), []string{`groups[0].database_fence.port: "pg": expected an integer`}},
 		{"kind missing", section("      kind: postgres\n", ""), []string{"groups[0].database_fence.kind: required"}},
 		{"kind unknown", section("kind: postgres", "kind: mysql"), []string{`groups[0].database_fence.kind: "mysql": unknown database kind`}},
 		{"empty section", exampleYAML + "    database_fence: {}\n", []string{"groups[0].database_fence.kind: required", "groups[0].database_fence.port: 0 is not a port"}},
@@ -98,7 +98,7 @@ func TestParseDatabaseFenceErrors(t *testing.T) {
 		{"timeout negative", section("timeout: 2s", "timeout: -1s"), []string{"groups[0].database_fence.timeout: -1s: must be positive"}},
 		{"timeout too long", section("timeout: 2s", "timeout: 2h"), []string{"groups[0].database_fence.timeout: 2h0m0s: must be positive and at most 1m0s"}},
 		{"timeout without unit", section("timeout: 2s", "timeout: 2"), []string{`groups[0].database_fence.timeout: "2": a duration needs a unit`}},
-		{"unknown key", section("timeout: 2s", "timeout: 2s\n      dbname: x"), []string{"groups[0].database_fence.dbname: unknown key"}},
+		{"unknown key", section("timeout: 2s", "timeout: 2s\n      dbname: x"), []string{"groups[0].database_fence.dbname: unknown field (known: allow_from"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
