@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -46,7 +47,17 @@ func (a *hclogAdapter) Log(level hclog.Level, msg string, args ...interface{}) {
 	if !a.l.Enabled(context.Background(), lvl) {
 		return
 	}
-	a.l.Log(context.Background(), lvl, msg, append(append([]interface{}{}, a.args...), args...)...)
+	all := append(append([]interface{}{}, a.args...), args...)
+	for i, v := range all {
+		// hclog.Fmt values ("servers", hclog.Fmt("%+v", servers)) are a
+		// format and its arguments: format them, as hclog would.
+		if f, ok := v.(hclog.Format); ok && len(f) > 0 {
+			if format, ok := f[0].(string); ok {
+				all[i] = fmt.Sprintf(format, f[1:]...)
+			}
+		}
+	}
+	a.l.Log(context.Background(), lvl, msg, all...)
 }
 
 func (a *hclogAdapter) Trace(msg string, args ...interface{}) { a.Log(hclog.Trace, msg, args...) }

@@ -1,6 +1,7 @@
 package health
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -262,5 +264,14 @@ func TestQuoteConnValue(t *testing.T) {
 	}
 	if c.Host != "::1" || c.Port != 5433 || c.Database != "d b" || c.Password != `p' w\d` {
 		t.Fatalf("parsed config: host=%q port=%d db=%q", c.Host, c.Port, c.Database)
+	}
+}
+
+// JSON logs name verdicts and roles instead of printing their numbers.
+func TestVerdictAndRoleLogByName(t *testing.T) {
+	var buf bytes.Buffer
+	slog.New(slog.NewJSONHandler(&buf, nil)).Info("probe verdict changed", "verdict", VerdictDown, "role", RolePrimary)
+	if s := buf.String(); !strings.Contains(s, `"verdict":"down"`) || !strings.Contains(s, `"role":"primary"`) {
+		t.Fatalf("JSON log line %s: want verdict and role by name", s)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 )
 
@@ -30,6 +31,9 @@ func (v Verdict) String() string {
 	return fmt.Sprintf("Verdict(%d)", int(v))
 }
 
+// LogValue logs a verdict by name, also in JSON logs (not as a number).
+func (v Verdict) LogValue() slog.Value { return slog.StringValue(v.String()) }
+
 // Role is the role a member was seen in.
 type Role int
 
@@ -52,6 +56,9 @@ func (r Role) String() string {
 	}
 	return fmt.Sprintf("Role(%d)", int(r))
 }
+
+// LogValue logs a role by name, also in JSON logs (not as a number).
+func (r Role) LogValue() slog.Value { return slog.StringValue(r.String()) }
 
 // ReplicaInfo is one row of pg_stat_replication on a primary. Columns the
 // probing user may not read (without pg_read_all_stats) are left zero.
