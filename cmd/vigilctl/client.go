@@ -202,7 +202,23 @@ func errMessage(err error) string {
 	if msg == "" {
 		msg = st.Code().String()
 	}
-	return msg
+	return msg + tlsHint(msg)
+}
+
+// tlsHint explains the transport errors of a client and an observer that
+// disagree about TLS, which gRPC reports only in its own terms.
+func tlsHint(msg string) string {
+	switch {
+	case strings.Contains(msg, "error reading server preface"):
+		return " (the observer closed the connection before speaking gRPC: it probably serves TLS; pass --ca, --cert and --key, or set VIGIL_CA, VIGIL_CERT and VIGIL_KEY)"
+	case strings.Contains(msg, "first record does not look like a TLS handshake"):
+		return " (the observer does not serve TLS: drop --ca, --cert and --key)"
+	case strings.Contains(msg, "expired certificate") || strings.Contains(msg, "certificate has expired"):
+		return " (a certificate has expired: renew it with vigil certs)"
+	case strings.Contains(msg, "tls: bad certificate") || strings.Contains(msg, "unknown certificate authority"):
+		return " (the observer refused this client's certificate: is it signed by the cluster's CA, of kind operator or viewer?)"
+	}
+	return ""
 }
 
 // invokeOnce makes a call that must reach at most one observer, because
@@ -306,11 +322,20 @@ func connectReady(ctx context.Context, addr string, timeout time.Duration, creds
 		case connectivity.Ready:
 			return conn, nil
 		case connectivity.TransientFailure, connectivity.Shutdown:
-			conn.Close()
 			msg := "cannot connect"
 			if err := d.lastErr(); err != nil {
 				msg = err.Error()
+			} else if s == connectivity.TransientFailure {
+				// The TCP connection was made and then failed (TLS, the
+				// HTTP/2 preface): a fail-fast call says how, unsent.
+				pctx, pcancel := context.WithTimeout(ctx, time.Second)
+				_, perr := vigilv1.NewAdminClient(conn).Status(pctx, &vigilv1.StatusRequest{})
+				pcancel()
+				if perr != nil {
+					msg = errMessage(perr)
+				}
 			}
+			conn.Close()
 			return nil, status.Error(codes.Unavailable, msg)
 		}
 		if !conn.WaitForStateChange(cctx, s) {

@@ -406,3 +406,30 @@ func TestHelpAndVersion(t *testing.T) {
 		t.Errorf("version json: exit %d, %q", code, out)
 	}
 }
+
+// A plaintext vigilctl against an observer that closes the connection
+// before speaking gRPC (as a TLS observer does) is told TLS is likely
+// needed, not only "error reading server preface: EOF".
+func TestPlaintextAgainstTLSObserverSaysSo(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	var out, errb bytes.Buffer
+	if code := run([]string{"--addr", ln.Addr().String(), "status"}, &out, &errb); code != 1 {
+		t.Fatalf("exit %d, want 1; stderr:\n%s", code, errb.String())
+	}
+	if !strings.Contains(errb.String(), "probably serves TLS; pass --ca, --cert and --key") {
+		t.Fatalf("stderr does not say TLS is likely needed:\n%s", errb.String())
+	}
+}
