@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -740,13 +741,17 @@ func (c *Controller) do(ctx context.Context, g *vigilv1.Group, acts GroupActuato
 		if err := c.opt.Log.VerifyLeader(ctx); err != nil {
 			return "", "", fmt.Errorf("verify leadership before promotion: %w", err)
 		}
+		note := ""
+		if a.Kind != fsm.KindSwitchover { // a switchover cascades before its catch-up
+			note = c.cascadeBeforePromote(ctx, g, acts, a)
+		}
 		var last error
 		for attempt := 1; attempt <= 3; attempt++ {
 			pctx, cancel := context.WithTimeout(ctx, acts.PromoteTimeout)
 			last = acts.Promoter.Promote(pctx, a)
 			cancel()
 			if last == nil {
-				return fmt.Sprintf("%s promoted and writable", a.New.Name), "", nil
+				return fmt.Sprintf("%s promoted and writable", a.New.Name) + note, "", nil
 			}
 			c.log.Warn("promotion failed", "group", a.Group, "member", a.New.Name, "attempt", attempt, "err", last)
 			if ctx.Err() != nil {
@@ -766,6 +771,53 @@ func (c *Controller) do(ctx context.Context, g *vigilv1.Group, acts GroupActuato
 		return d, "", nil
 	}
 	return "", "", fmt.Errorf("unknown step %q", step)
+}
+
+// cascadeBeforePromote makes the other standbys follow the candidate
+// (cascading replication) before it is promoted. A fenced old primary
+// still streams to its standbys, and from the moment the candidate stops
+// receiving (promotion) whatever the old primary sends the others would
+// put them past the new timeline's fork point: diverged, in need of a
+// rewind. Following the candidate, they receive nothing it has not. At
+// most a second, all at once: it is on the way to the new primary; a
+// standby that cannot be re-pointed now is re-pointed after the
+// promotion, as before. It returns a note for the step's detail.
+func (c *Controller) cascadeBeforePromote(ctx context.Context, g *vigilv1.Group, acts GroupActuators, a Action) string {
+	if acts.Repointer == nil || g == nil {
+		return ""
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var ok, failed []string
+	for _, m := range g.GetSpec().GetMembers() {
+		if m.GetName() == a.New.Name || m.GetName() == a.Old.Name {
+			continue
+		}
+		wg.Go(func() {
+			rctx, cancel := context.WithTimeout(ctx, min(acts.StepTimeout, time.Second))
+			err := acts.Repointer.Repoint(rctx, a, Member{Name: m.GetName(), Address: m.GetAddress()})
+			cancel()
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				failed = append(failed, fmt.Sprintf("%s: %v", m.GetName(), err))
+			} else {
+				ok = append(ok, m.GetName())
+			}
+		})
+	}
+	wg.Wait()
+	if len(ok) == 0 && len(failed) == 0 {
+		return ""
+	}
+	slices.Sort(ok)
+	slices.Sort(failed)
+	note := fmt.Sprintf("; cascading from %s before its promotion: [%s]", a.New.Name, strings.Join(ok, ", "))
+	if len(failed) > 0 {
+		c.log.Warn("some standbys could not cascade from the candidate before its promotion", "group", a.Group, "epoch", a.Epoch, "failed", failed)
+		note += "; not yet: " + strings.Join(failed, "; ")
+	}
+	return note
 }
 
 // repointOthers makes every member but the old and the new primary follow

@@ -3,6 +3,7 @@ package failover
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -112,15 +113,24 @@ type fakePG struct {
 	fencedCands  []string
 	candFenceErr error
 	promoted     int
+	// order records promotions ("promote db2") and re-points ("db3 ->
+	// db2") as they happen.
+	order []string
 }
 
-func (p *fakePG) Promote(context.Context, Action) error {
+func (p *fakePG) Promote(_ context.Context, a Action) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.promoted++
+	p.order = append(p.order, "promote "+a.New.Name)
 	return p.promoteErr
 }
-func (p *fakePG) Repoint(context.Context, Action, Member) error { return nil }
+func (p *fakePG) Repoint(_ context.Context, a Action, m Member) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.order = append(p.order, m.Name+" -> "+a.New.Name)
+	return nil
+}
 func (p *fakePG) CurrentLSN(context.Context, Member) (uint64, bool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -289,6 +299,32 @@ func TestFenceDoesNotWaitForHungMethodOnceCovered(t *testing.T) {
 
 // Hole 5: a promotion reported failed must not unfence the old primary
 // while the candidate may be writable.
+// The other standbys follow the candidate before it is promoted: a
+// fenced old primary still streaming to them would otherwise put them
+// past the new timeline's fork point.
+func TestOtherStandbysCascadeBeforePromotion(t *testing.T) {
+	pg := &fakePG{}
+	sql := &countingFencer{res: FenceResult{Confirmed: true}}
+	hs := newHarness(t, pgActs(pg, sql))
+	g := hs.run(hs.c, finished(1))
+	f := lastFailover(g)
+	pg.mu.Lock()
+	order := slices.Clone(pg.order)
+	pg.mu.Unlock()
+	if f.GetOutcome() != fsm.OutcomeCompleted || len(order) < 2 || order[0] != "db3 -> db2" || order[1] != "promote db2" {
+		t.Fatalf("outcome %s, order %v; want db3 re-pointed to db2 before db2 is promoted", f.GetOutcome(), order)
+	}
+	var promoted string
+	for _, st := range f.GetSteps() {
+		if st.GetName() == fsm.StepPromoted {
+			promoted = st.GetDetail()
+		}
+	}
+	if !strings.Contains(promoted, "cascading from db2 before its promotion: [db3]") {
+		t.Fatalf("promoted step detail %q does not say db3 cascaded", promoted)
+	}
+}
+
 func TestPromotionFailureRollsForwardWhenCandidateWritable(t *testing.T) {
 	pg := &fakePG{promoteErr: errors.New("timeout"), inRecovery: false}
 	sql := &countingFencer{res: FenceResult{Confirmed: true}}
