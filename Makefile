@@ -23,10 +23,19 @@ build:
 ## One package at a time (-p 1): the end-to-end packages each run several
 ## PostgreSQL servers and observers, and two cores shared by all of them
 ## would turn slow probes into the false verdicts the tests rule out.
-## It first installs what the tests need when missing (deploy/lab/install-deps.sh).
+## It first installs what the tests need when missing (deploy/lab/install-deps.sh),
+## and ends by saying how many tests passed, failed and were skipped, and why
+## each skipped one was (deploy/lab/testsummary reads go test -json).
 test: lint
 	bash deploy/lab/install-deps.sh
-	PATH="$(GOBIN_DIR):$$PATH" $(GO) test $(GOFLAGS_BUILD) -race -count=1 -p 1 -timeout $(TEST_TIMEOUT) ./...
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/testsummary ./deploy/lab/testsummary
+	bash -o pipefail -c '$(REQUIRE_AS_ROOT) PATH="$(GOBIN_DIR):$$PATH" $(GO) test $(GOFLAGS_BUILD) -json -race -count=1 -p 1 -timeout $(TEST_TIMEOUT) ./... 2>&1 | $(BIN)/testsummary'
+
+# As root (as in CI) nothing the tests need may be missing: the tests that
+# need PostgreSQL, HAProxy, the tools or network namespaces fail instead of
+# skipping. Without root they skip, and the summary says so.
+REQUIRE_AS_ROOT := $(if $(filter 0,$(shell id -u)),VIGIL_REQUIRE_TOOLS=1 VIGIL_REQUIRE_PG=1 VIGIL_REQUIRE_NETNS=1,)
 
 ## soak: SOAK_RUNS randomized nemesis runs (seeds SOAK_SEED, SOAK_SEED+1, …)
 ## on the namespace lab, every process on its own host; prints the summary

@@ -86,23 +86,24 @@ func (s *summary) add(e event) {
 	}
 }
 
-// skipReason is the message a skipped test logged after its SKIP line
-// (t.Skip's argument), or "no reason given".
+// skipReason is the message a skipped test logged (t.Skip's argument):
+// the last "file_test.go:12: reason" line of its output, which go test
+// prints before or after the SKIP line; "no reason given" without one.
 func skipReason(lines []string) string {
-	for i, l := range lines {
-		if strings.Contains(l, "--- SKIP:") {
-			for _, r := range lines[i+1:] {
-				if r = strings.TrimSpace(r); r != "" {
-					// "file_test.go:12: reason" -> "reason"
-					if _, after, ok := strings.Cut(r, ": "); ok && strings.Contains(r[:len(r)-len(after)], ".go:") {
-						return after
-					}
-					return r
-				}
-			}
+	reason := ""
+	for _, l := range lines {
+		r := strings.TrimSpace(l)
+		if r == "" || strings.HasPrefix(r, "=== ") || strings.HasPrefix(r, "--- ") {
+			continue
+		}
+		if loc, after, ok := strings.Cut(r, ": "); ok && strings.Contains(loc, ".go:") {
+			reason = after
 		}
 	}
-	return "no reason given"
+	if reason == "" {
+		return "no reason given"
+	}
+	return reason
 }
 
 func shortPkg(p string) string {

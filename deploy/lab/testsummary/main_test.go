@@ -35,6 +35,11 @@ func TestSummaryCountsAndSkipReasons(t *testing.T) {
 		event{Action: "output", Package: pkg, Test: "TestB", Output: "--- SKIP: TestB (0.00s)\n"},
 		event{Action: "output", Package: pkg, Test: "TestB", Output: "    b_test.go:12: needs root\n"},
 		event{Action: "skip", Package: pkg, Test: "TestB"},
+		// go test -json prints the reason before the SKIP line.
+		event{Action: "output", Package: pkg, Test: "TestD", Output: "=== RUN   TestD\n"},
+		event{Action: "output", Package: pkg, Test: "TestD", Output: "    d_test.go:3: set VIGIL_SOAK_RUNS (make soak)\n"},
+		event{Action: "output", Package: pkg, Test: "TestD", Output: "--- SKIP: TestD (0.00s)\n"},
+		event{Action: "skip", Package: pkg, Test: "TestD"},
 		event{Action: "output", Package: pkg, Output: "PASS\n"},
 		event{Action: "output", Package: pkg, Output: "ok  \t" + pkg + "\t0.1s\n"},
 		event{Action: "pass", Package: pkg},
@@ -42,7 +47,7 @@ func TestSummaryCountsAndSkipReasons(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d for a passing run:\n%s", code, out)
 	}
-	for _, want := range []string{"ok  \t" + pkg, "tests: 1 passed, 0 failed, 1 skipped", "skipped (1): needs root: health.TestB"} {
+	for _, want := range []string{"ok  \t" + pkg, "tests: 1 passed, 0 failed, 2 skipped", "skipped (1): needs root: health.TestB", "skipped (1): set VIGIL_SOAK_RUNS (make soak): health.TestD"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
