@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/vigilha/vigil/cluster/clustertest"
+	"github.com/vigilha/vigil/cluster/tlsconf"
 	vigilv1 "github.com/vigilha/vigil/proto/vigil/v1"
 )
 
@@ -352,5 +353,64 @@ func TestCertsAndVigilctlOverTLS(t *testing.T) {
 	out := string(mustRun(t, ctl, append(tlsArgs("alice"), "group", "pg-main")...))
 	if !strings.Contains(out, "operator/alice") || !strings.Contains(out, "over tls") {
 		t.Fatalf("group view does not show alice's pause:\n%s", out)
+	}
+}
+
+// vigil certs adds to an existing PKI with its CA, and --renew replaces
+// one certificate (new key, same CA) keeping the old pair as *.old.
+func TestCertsAddAndRenew(t *testing.T) {
+	t.Parallel()
+	pki := filepath.Join(t.TempDir(), "pki")
+	var out, errOut bytes.Buffer
+	if code := run([]string{"certs", "--dir", pki, "--observer", "obs1=10.0.0.1"}, &out, &errOut); code != 0 {
+		t.Fatalf("new PKI: code %d: %s", code, errOut.String())
+	}
+	ca, err := os.ReadFile(filepath.Join(pki, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	load := func(name string) *tlsconf.Store {
+		t.Helper()
+		s, err := tlsconf.Load(tlsconf.Files{CA: filepath.Join(pki, "ca.pem"), Cert: filepath.Join(pki, name+".pem"), Key: filepath.Join(pki, name+"-key.pem")})
+		if err != nil {
+			t.Fatalf("load %s: %v", name, err)
+		}
+		return s
+	}
+	// Add an agent: signed by the same CA, the CA untouched.
+	out.Reset()
+	errOut.Reset()
+	if code := run([]string{"certs", "--dir", pki, "--agent", "db4=10.0.0.14"}, &out, &errOut); code != 0 {
+		t.Fatalf("add an agent: code %d: %s", code, errOut.String())
+	}
+	if kind, name := load("db4").Identity(); kind != "agent" || name != "db4" {
+		t.Fatalf("added certificate is %s/%s, want agent/db4", kind, name)
+	}
+	if now, _ := os.ReadFile(filepath.Join(pki, "ca.pem")); !bytes.Equal(now, ca) {
+		t.Fatal("adding a certificate replaced the CA")
+	}
+	// Issuing it again without --renew is refused and says how.
+	errOut.Reset()
+	if code := run([]string{"certs", "--dir", pki, "--agent", "db4=10.0.0.14"}, &out, &errOut); code == 0 || !strings.Contains(errOut.String(), "--renew") {
+		t.Fatalf("re-issuing without --renew: code %d, stderr %q should point at --renew", code, errOut.String())
+	}
+	// Renew obs1: a new key, the old pair kept.
+	before := load("obs1").Leaf().SerialNumber
+	errOut.Reset()
+	if code := run([]string{"certs", "--dir", pki, "--observer", "obs1=10.0.0.1", "--renew"}, &out, &errOut); code != 0 {
+		t.Fatalf("renew: code %d: %s", code, errOut.String())
+	}
+	if after := load("obs1").Leaf().SerialNumber; after.Cmp(before) == 0 {
+		t.Fatal("renewed certificate has the old serial")
+	}
+	for _, f := range []string{"obs1.pem.old", "obs1-key.pem.old"} {
+		if _, err := os.Stat(filepath.Join(pki, f)); err != nil {
+			t.Errorf("old file %s not kept: %v", f, err)
+		}
+	}
+	// --renew without a CA is refused.
+	errOut.Reset()
+	if code := run([]string{"certs", "--dir", filepath.Join(t.TempDir(), "none"), "--observer", "obs1=10.0.0.1", "--renew"}, &out, &errOut); code == 0 || !strings.Contains(errOut.String(), "holds no CA") {
+		t.Fatalf("renew without a CA: code %d, stderr %q", code, errOut.String())
 	}
 }
