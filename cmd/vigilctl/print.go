@@ -9,7 +9,6 @@ import (
 	"time"
 	"unicode"
 
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -19,18 +18,10 @@ import (
 // none is shown for an empty cell.
 const none = "-"
 
-// jsonOptions is how -o json prints a response: field names as in the
-// .proto files, unset fields left out.
-var jsonOptions = protojson.MarshalOptions{
-	Multiline:       true,
-	Indent:          "  ",
-	UseProtoNames:   true,
-	EmitUnpopulated: false,
-}
-
-// printJSON writes m as indented protojson followed by a newline.
+// printJSON writes m in the -o json shape (jsonout.go), indented,
+// followed by a newline.
 func printJSON(w io.Writer, m proto.Message) error {
-	b, err := jsonOptions.Marshal(m)
+	b, err := marshalJSON(m, "  ")
 	if err != nil {
 		return err
 	}

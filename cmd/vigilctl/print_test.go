@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"regexp"
 	"strings"
 	"testing"
@@ -268,13 +269,53 @@ func TestPrintJSONRoundTrip(t *testing.T) {
 			t.Errorf("%T: round trip differs:\n%s", m, b.String())
 		}
 	}
-	// Proto field names, unpopulated fields left out.
+	// The documented shape: proto field names, every field present (zero
+	// values too), 64-bit numbers as numbers, sorted keys, two spaces.
 	var b bytes.Buffer
-	if err := printJSON(&b, &vigilv1.StatusResponse{AnsweredBy: "obs1"}); err != nil {
+	if err := printJSON(&b, &vigilv1.StatusResponse{AnsweredBy: "obs1", Term: 7, AppliedIndex: 1 << 40}); err != nil {
 		t.Fatal(err)
 	}
-	if s := b.String(); !strings.Contains(s, `"answered_by"`) || strings.Contains(s, "leader_id") || !strings.HasSuffix(s, "}\n") {
-		t.Errorf("json: %s", s)
+	want := `{
+  "answered_by": "obs1",
+  "applied_index": 1099511627776,
+  "commit_index": 0,
+  "last_log_index": 0,
+  "leader_id": "",
+  "leader_raft_address": "",
+  "observers": [],
+  "quorum": 0,
+  "term": 7
+}
+`
+	if b.String() != want {
+		t.Errorf("json:\n%s\nwant:\n%s", b.String(), want)
+	}
+	// Enums by name, timestamps in RFC 3339 UTC, an unset message null;
+	// the same bytes every time (protojson randomizes its spacing).
+	g := testGroup()
+	var one, two bytes.Buffer
+	if err := printJSON(&one, &vigilv1.GetGroupResponse{Group: g}); err != nil {
+		t.Fatal(err)
+	}
+	if err := printJSON(&two, &vigilv1.GetGroupResponse{Group: g}); err != nil {
+		t.Fatal(err)
+	}
+	if one.String() != two.String() {
+		t.Error("two encodings of one message differ")
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(one.Bytes(), &doc); err != nil {
+		t.Fatal(err)
+	}
+	grp, _ := doc["group"].(map[string]any)
+	if _, isNum := grp["epoch"].(float64); !isNum {
+		t.Errorf("group.epoch is %T (%v), want a number", grp["epoch"], grp["epoch"])
+	}
+	if grp["active_failover"] != nil {
+		t.Errorf("unset active_failover is %v, want null", grp["active_failover"])
+	}
+	if at, ok := grp["paused_at"].(string); g.GetPausedAt() != nil && (!ok || !strings.HasSuffix(at, "Z")) {
+		t.Errorf("paused_at %v, want an RFC 3339 UTC string", grp["paused_at"])
 	}
 }
 

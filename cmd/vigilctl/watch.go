@@ -14,7 +14,6 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	vigilv1 "github.com/vigilha/vigil/proto/vigil/v1"
@@ -133,11 +132,10 @@ func (a *app) printEvent(ev *vigilv1.WatchEvent) error {
 
 // jsonLineOptions print a message on one line, field names as in the
 // .proto files.
-var jsonLineOptions = protojson.MarshalOptions{UseProtoNames: true}
-
-// printJSONLine writes m as compact protojson on a single line.
+// printJSONLine writes m in the -o json shape (jsonout.go) on a single
+// line.
 func printJSONLine(w io.Writer, m proto.Message) error {
-	b, err := jsonLineOptions.Marshal(m)
+	b, err := marshalJSON(m, "")
 	if err != nil {
 		return err
 	}
