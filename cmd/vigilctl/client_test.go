@@ -320,6 +320,13 @@ func TestCommandsThroughServer(t *testing.T) {
 	}
 	assertCells(t, rowStarting(t, out, "pg2"), "pg2", "10.1.0.2:5432", "50", "dc2", "primary")
 
+	// explain asks for the status, then the group (from the leader when it
+	// can reach it: obs2 is not served here, so obs1 answers and says so).
+	code, out, errOut = runApp(t, nil, "-a", addr, "explain", "pg-main")
+	if code != 0 || !strings.Contains(out, "pg-main: primary pg2") || !strings.Contains(out, "not the leader's view") {
+		t.Errorf("explain: exit %d, stdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+
 	code, out, _ = runApp(t, nil, "-a", addr, "pause", "pg-main")
 	if want := "pg-main paused at index 11\n"; code != 0 || out != want {
 		t.Errorf("pause: exit %d, stdout %q, want %q", code, out, want)

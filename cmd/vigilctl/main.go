@@ -193,6 +193,7 @@ every address that was tried), 2 on a usage error.`,
 		a.newSwitchoverCmd(),
 		a.newFailoverCmd(),
 		a.newHistoryCmd(),
+		a.newExplainCmd(),
 		a.newVersionCmd(),
 	)
 	return root
