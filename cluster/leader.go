@@ -47,6 +47,8 @@ func (o *Observer) monitorLeadership() {
 		case isLeader := <-o.notifyCh:
 			switch {
 			case isLeader && run == nil:
+				now := time.Now()
+				o.leaderSince.Store(&now)
 				o.metrics.leaderChanges.WithLabelValues("gained").Inc()
 				o.log.Info("gained leadership", "term", o.raft.Stats()["term"])
 				run = startLeaderRun(o.leaderLoop)

@@ -41,7 +41,9 @@ import (
 // primary support (the end of its last lease naming it the primary, or
 // AddVIP, whose request reached a connection) + the agent's
 // lease_timeout + 10% + 100ms — normally over by ODOWN, since calls to an
-// unreachable host never reach a connection — and reports the traffic
+// unreachable host never reach a connection — and at least until this
+// observer's leadership began + an AddVIP call timeout + lease_timeout +
+// 10% + 100ms (a previous leader's grant) — and reports the traffic
 // fenced and, if the agent said it has a database fence, the database
 // too. Reasoning: failover/DESIGN.md ("Clocks").
 type leaseExpiry struct {
@@ -100,6 +102,17 @@ func (l leaseExpiry) Fence(ctx context.Context, a failover.Action) (failover.Fen
 		return no("%v", err)
 	}
 	until := supportEnd.Add(lt + lt/10 + 100*time.Millisecond)
+	// A previous leader's AddVIP grant (one grant is support on its own)
+	// was sent before it stepped down, so before this observer became
+	// leader; it may arrive up to a call timeout later. Those previous
+	// leaders need not be among the observers that answered above.
+	if since := o.leaderSince.Load(); since != nil {
+		if floor := since.Add(o.agents.CallTimeout() + lt + lt/10 + 100*time.Millisecond); floor.After(until) {
+			until = floor
+		}
+	} else {
+		until = time.Now().Add(o.agents.CallTimeout() + lt + lt/10 + 100*time.Millisecond)
+	}
 	if d := time.Until(until); d > 0 {
 		t := time.NewTimer(d)
 		defer t.Stop()

@@ -84,8 +84,11 @@ type Observer struct {
 
 	leaderWork []func(ctx context.Context)
 	notifyCh   chan bool
-	stopCh     chan struct{}
-	wg         sync.WaitGroup
+	// leaderSince is when this observer last became the Raft leader (its
+	// monotonic clock); the lease-expiry fence counts from it.
+	leaderSince atomic.Pointer[time.Time]
+	stopCh      chan struct{}
+	wg          sync.WaitGroup
 
 	shutdownOnce sync.Once
 	shutdownErr  error

@@ -508,6 +508,9 @@ func (a *Agents) LeaseTo(ctx context.Context, group, member string, epoch uint64
 	return resp, nil
 }
 
+// CallTimeout is the timeout of one AddVIP or RemoveVIP call.
+func (a *Agents) CallTimeout() time.Duration { return a.callTimeout }
+
 // LeaseCallTimeout is the timeout of one Lease call.
 func (a *Agents) LeaseCallTimeout() time.Duration { return a.leaseTimeout }
 
