@@ -163,14 +163,7 @@ func TestODownEvaluatedWhenDue(t *testing.T) {
 	var seq uint64
 	for _, obs := range []string{"b", "c"} {
 		seq++
-		now := time.Now()
-		packets, err := EncodeVotes(obs, []Vote{{Observer: obs, Group: "pg-main", Member: "db1", Verdict: VerdictDown, ObservedAt: now, Sequence: seq}}, now)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, p := range packets {
-			m.Receive(p)
-		}
+		receiveVote(t, m, obs, VerdictDown, seq)
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -230,14 +223,7 @@ func TestPeerDownVoteKicksAProbe(t *testing.T) {
 	seq := uint64(0)
 	send := func(obs string, v Verdict) {
 		seq++
-		now := time.Now()
-		packets, err := EncodeVotes(obs, []Vote{{Observer: obs, Group: "pg-main", Member: "db1", Verdict: v, ObservedAt: now, Sequence: seq}}, now)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, p := range packets {
-			m.Receive(p)
-		}
+		receiveVote(t, m, obs, v, seq)
 	}
 	waitProbes := func(want int64) {
 		t.Helper()
@@ -285,5 +271,18 @@ func TestPeerDownVoteKicksAProbe(t *testing.T) {
 			t.Fatalf("%d probes after b's repeated down votes and c's change, want %d", probes.Load(), after+1)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// receiveVote hands m a gossip packet with obs's vote about pg-main/db1.
+func receiveVote(t *testing.T, m *Monitor, obs string, v Verdict, seq uint64) {
+	t.Helper()
+	now := time.Now()
+	packets, err := EncodeVotes(obs, []Vote{{Observer: obs, Group: "pg-main", Member: "db1", Verdict: v, ObservedAt: now, Sequence: seq}}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range packets {
+		m.Receive(p)
 	}
 }
