@@ -112,7 +112,7 @@ func TestSteadyLoss(t *testing.T) {
 			status = fmt.Sprintf("FAILOVER OR VIOLATION (history %s)\n%s\n%s", path, verdictLines(rep), Timeline(h))
 		}
 		fmt.Fprintf(os.Stderr, "steady: segment %d (%s with %d%% loss, %s of %s so far): %s\n",
-			seq, length, loss, lossy.Round(time.Second), total, status)
+			seq, length.Round(time.Second), loss, lossy.Round(time.Second), total, status)
 	}
 
 	md := fmt.Sprintf("| operating point | loss on every observer | time under loss | segments | acknowledged writes | failovers | checker violations |\n"+
