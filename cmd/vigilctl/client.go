@@ -209,8 +209,9 @@ func errMessage(err error) string {
 // disagree about TLS, which gRPC reports only in its own terms.
 func tlsHint(msg string) string {
 	switch {
-	case strings.Contains(msg, "error reading server preface"):
-		return " (the observer closed the connection before speaking gRPC: it probably serves TLS; pass --ca, --cert and --key, or set VIGIL_CA, VIGIL_CERT and VIGIL_KEY)"
+	case strings.Contains(msg, "error reading server preface") || strings.Contains(msg, "broken pipe") ||
+		strings.Contains(msg, "connection reset by peer"):
+		return " (the observer closed the connection before speaking gRPC: if it serves TLS, pass --ca, --cert and --key, or set VIGIL_CA, VIGIL_CERT and VIGIL_KEY)"
 	case strings.Contains(msg, "first record does not look like a TLS handshake"):
 		return " (the observer does not serve TLS: drop --ca, --cert and --key)"
 	case strings.Contains(msg, "expired certificate") || strings.Contains(msg, "certificate has expired"):

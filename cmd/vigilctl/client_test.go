@@ -436,7 +436,7 @@ func TestPlaintextAgainstTLSObserverSaysSo(t *testing.T) {
 	if code := run([]string{"--addr", ln.Addr().String(), "status"}, &out, &errb); code != 1 {
 		t.Fatalf("exit %d, want 1; stderr:\n%s", code, errb.String())
 	}
-	if !strings.Contains(errb.String(), "probably serves TLS; pass --ca, --cert and --key") {
+	if !strings.Contains(errb.String(), "if it serves TLS, pass --ca, --cert and --key") {
 		t.Fatalf("stderr does not say TLS is likely needed:\n%s", errb.String())
 	}
 }
