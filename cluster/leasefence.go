@@ -106,12 +106,12 @@ func (l leaseExpiry) Fence(ctx context.Context, a failover.Action) (failover.Fen
 	// was sent before it stepped down, so before this observer became
 	// leader; it may arrive up to a call timeout later. Those previous
 	// leaders need not be among the observers that answered above.
-	if since := o.leaderSince.Load(); since != nil {
-		if floor := since.Add(o.agents.CallTimeout() + lt + lt/10 + 100*time.Millisecond); floor.After(until) {
-			until = floor
-		}
-	} else {
-		until = time.Now().Add(o.agents.CallTimeout() + lt + lt/10 + 100*time.Millisecond)
+	since := time.Now() // not known to be leader: count as if it became one now
+	if p := o.leaderSince.Load(); p != nil {
+		since = *p
+	}
+	if floor := since.Add(o.agents.CallTimeout() + lt + lt/10 + 100*time.Millisecond); floor.After(until) {
+		until = floor
 	}
 	if d := time.Until(until); d > 0 {
 		t := time.NewTimer(d)
