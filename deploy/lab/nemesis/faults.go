@@ -609,6 +609,16 @@ func (n *nemesis) repairOnce(ctx context.Context, since map[string]time.Time) {
 			n.releaseProcs(m)
 			return
 		}
+		// The state read above may be stale by now: replicationOf can
+		// block on a hung primary until it is resumed, by which time
+		// another member may have been promoted. Rewinding that one
+		// from the old primary would be the harness's own split of
+		// history, so act only on a state that still holds.
+		if !n.stillPrimary(ctx, prim, r.GetGroup().GetEpoch()) {
+			n.releaseProcs(prim)
+			n.releaseProcs(m)
+			return
+		}
 		i := n.record(Fault{Kind: "rejoin", Target: m, Start: time.Now(), Detail: "pg_rewind from " + prim})
 		n.hold(m, 1)
 		rctx, cancel := context.WithTimeout(ctx, 60*time.Second)
@@ -629,6 +639,17 @@ func (n *nemesis) repairOnce(ctx context.Context, since map[string]time.Time) {
 		n.ended(i, detail)
 		delete(since, m)
 	}
+}
+
+// stillPrimary reports whether the group's state still names prim as
+// primary at epoch with no failover under way.
+func (n *nemesis) stillPrimary(ctx context.Context, prim string, epoch uint64) bool {
+	r, _, err := n.l.GetGroup(ctx)
+	if err != nil {
+		return false
+	}
+	g := r.GetGroup()
+	return g.GetActiveFailover() == nil && g.GetPrimary() == prim && g.GetEpoch() == epoch
 }
 
 // replicationOf lists the members streaming from m (steadily: for 2 s
